@@ -1,0 +1,69 @@
+/*
+ * sparsefan: fixed fan-in layer kernels (C99, optional OpenMP, no Python headers).
+ *
+ * Shape legend
+ *   B      batch size
+ *   n_in   input units,  c_in  input channels
+ *   n_out  output units, c_out output channels
+ *   nnz    total number of (output unit, input unit) connections = indptr[n_out]
+ *
+ * Layouts (all row-major, all contiguous)
+ *   x    [n_in ][c_in ][B]   feature-major: each (unit, channel) is a contiguous batch vector
+ *   y    [n_out][c_out][B]
+ *   W    [nnz][c_in][c_out]  the weight block of connection p = (unit j, slot t)
+ *   b    [n_out][c_out]
+ *   indptr  int64 [n_out + 1], indices int32 [nnz]: the CSR connectivity (row j reads
+ *           indices[indptr[j] .. indptr[j+1]) )
+ *   t_indptr int64 [n_in + 1], t_rows int32 [nnz], t_slots int64 [nnz]: the transposed table
+ *           (input i is read by connection t_slots[q] of output row t_rows[q], for q in
+ *           t_indptr[i] .. t_indptr[i+1])
+ *
+ * Contract: these functions trust their arguments. Every shape, bound and dtype is checked once,
+ * at the Python boundary (sparsefan/_validation.py). Each output element is written by exactly one
+ * thread, summing in a fixed order, so results are bit-identical for any n_threads.
+ * Gradients accumulate (+=) into the caller's buffers, as in llm.c.
+ */
+#ifndef SPARSEFAN_FANIN_H
+#define SPARSEFAN_FANIN_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* 1 when this build uses OpenMP, 0 when it runs single-threaded. */
+int sf_openmp_enabled(void);
+
+/* y = act(b + sum_{p in row j} sum_c W[p, c, :] * x[indices[p], c, :]); relu != 0 fuses max(0, .). */
+void sf_fanin_forward(float *y, const float *x, const float *W, const float *b,
+                      const int64_t *indptr, const int32_t *indices,
+                      int64_t n_out, int64_t c_in, int64_t c_out, int64_t B,
+                      int relu, int n_threads);
+
+/* dx[i, c, :] += sum_{q in t_indptr[i]..} sum_o W[t_slots[q], c, o] * dy[t_rows[q], o, :] */
+void sf_fanin_backward_input(float *dx, const float *dy, const float *W,
+                             const int64_t *t_indptr, const int32_t *t_rows,
+                             const int64_t *t_slots,
+                             int64_t n_in, int64_t c_in, int64_t c_out, int64_t B,
+                             int n_threads);
+
+/* dW[p, c, o] += sum_b x[indices[p], c, b] * dy[j, o, b]   for every connection p of row j
+ * db[j, o]    += sum_b dy[j, o, b]                           (skipped when db is NULL) */
+void sf_fanin_backward_params(float *dW, float *db, const float *dy, const float *x,
+                              const int64_t *indptr, const int32_t *indices,
+                              int64_t n_out, int64_t c_in, int64_t c_out, int64_t B,
+                              int n_threads);
+
+/* dz[i] = y[i] > 0 ? dy[i] : 0   (the backward of a fused ReLU, given its output y) */
+void sf_relu_backward(float *dz, const float *dy, const float *y, int64_t n, int n_threads);
+
+/* out[c][r] = in[r][c] for an (rows x cols) float32 matrix: the layout change at a network's
+ * entry and exit, (batch, features) <-> (features, batch). */
+void sf_transpose(float *out, const float *in, int64_t rows, int64_t cols, int n_threads);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SPARSEFAN_FANIN_H */

@@ -1,0 +1,19 @@
+"""sparsefan: fixed fan-in sparse neural networks on CPUs.
+
+Every unit reads a fixed, pre-chosen subset of its inputs (a CSR index table, see
+:class:`Connectivity`); :class:`FanIn` layers run OpenMP C kernels for the forward pass and
+both gradients, checked against the float64 twin in :mod:`sparsefan.reference`.
+"""
+from sparsefan._kernels import openmp_enabled
+from sparsefan._threads import resolve_n_threads
+from sparsefan.connectivity import INDEX_DTYPE, INDPTR_DTYPE, Connectivity, Transposed
+from sparsefan.layers import FanIn, Gradients
+from sparsefan.layout import from_feature_major, to_feature_major
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Connectivity", "Transposed", "FanIn", "Gradients", "INDEX_DTYPE", "INDPTR_DTYPE",
+    "openmp_enabled", "resolve_n_threads", "to_feature_major", "from_feature_major",
+    "__version__",
+]

@@ -1,0 +1,73 @@
+# Thin bindings over csrc/fanin.c. Private: the public API (sparsefan.layers, sparsefan.layout)
+# validates every argument before calling here; these functions trust shapes, dtypes, bounds and
+# contiguity, and only release the GIL around the C calls.
+from libc.stdint cimport int32_t, int64_t
+
+from sparsefan._fanin cimport (
+    sf_openmp_enabled, sf_fanin_forward, sf_fanin_backward_input, sf_fanin_backward_params,
+    sf_relu_backward, sf_transpose,
+)
+
+
+def openmp_enabled():
+    return bool(sf_openmp_enabled())
+
+
+def fanin_forward(float[::1] y, const float[::1] x, const float[::1] W, const float[::1] b,
+                  const int64_t[::1] indptr, const int32_t[::1] indices,
+                  int64_t c_in, int64_t c_out, int64_t batch, bint relu, int n_threads):
+    cdef int64_t n_out = indptr.shape[0] - 1
+    cdef const int32_t *idx = &indices[0] if indices.shape[0] > 0 else NULL
+    cdef const float *w = &W[0] if W.shape[0] > 0 else NULL
+    cdef const float *xp = &x[0] if x.shape[0] > 0 else NULL
+    if y.shape[0] == 0:
+        return
+    with nogil:
+        sf_fanin_forward(&y[0], xp, w, &b[0], &indptr[0], idx,
+                         n_out, c_in, c_out, batch, relu, n_threads)
+
+
+def fanin_backward_input(float[::1] dx, const float[::1] dy, const float[::1] W,
+                         const int64_t[::1] t_indptr, const int32_t[::1] t_rows,
+                         const int64_t[::1] t_slots,
+                         int64_t c_in, int64_t c_out, int64_t batch, int n_threads):
+    cdef int64_t n_in = t_indptr.shape[0] - 1
+    cdef const int32_t *rows = &t_rows[0] if t_rows.shape[0] > 0 else NULL
+    cdef const int64_t *slots = &t_slots[0] if t_slots.shape[0] > 0 else NULL
+    cdef const float *w = &W[0] if W.shape[0] > 0 else NULL
+    cdef const float *dyp = &dy[0] if dy.shape[0] > 0 else NULL
+    if dx.shape[0] == 0:
+        return
+    with nogil:
+        sf_fanin_backward_input(&dx[0], dyp, w, &t_indptr[0], rows, slots,
+                                n_in, c_in, c_out, batch, n_threads)
+
+
+def fanin_backward_params(float[::1] dW, float[::1] db, const float[::1] dy, const float[::1] x,
+                          const int64_t[::1] indptr, const int32_t[::1] indices,
+                          int64_t c_in, int64_t c_out, int64_t batch, int n_threads):
+    cdef int64_t n_out = indptr.shape[0] - 1
+    cdef const int32_t *idx = &indices[0] if indices.shape[0] > 0 else NULL
+    cdef float *dw = &dW[0] if dW.shape[0] > 0 else NULL
+    cdef float *dbp = &db[0] if db is not None and db.shape[0] > 0 else NULL
+    cdef const float *xp = &x[0] if x.shape[0] > 0 else NULL
+    cdef const float *dyp = &dy[0] if dy.shape[0] > 0 else NULL
+    if n_out == 0 or batch == 0:
+        return
+    with nogil:
+        sf_fanin_backward_params(dw, dbp, dyp, xp, &indptr[0], idx,
+                                 n_out, c_in, c_out, batch, n_threads)
+
+
+def relu_backward(float[::1] dz, const float[::1] dy, const float[::1] y, int n_threads):
+    if dz.shape[0] == 0:
+        return
+    with nogil:
+        sf_relu_backward(&dz[0], &dy[0], &y[0], dz.shape[0], n_threads)
+
+
+def transpose(float[::1] out, const float[::1] inp, int64_t rows, int64_t cols, int n_threads):
+    if out.shape[0] == 0:
+        return
+    with nogil:
+        sf_transpose(&out[0], &inp[0], rows, cols, n_threads)

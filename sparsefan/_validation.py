@@ -1,0 +1,42 @@
+"""Argument checks at the Python boundary. The C kernels trust what passes these."""
+import numpy as np
+
+
+def check_array(value, name, dtype, ndim=None, shape=None, finite=False):
+    """Return ``value`` if it is a C-contiguous ndarray of ``dtype`` with the given shape.
+
+    ``shape`` may hold None for free dimensions. No silent copies or casts: a wrong dtype or a
+    non-contiguous array is the caller's to fix (``np.ascontiguousarray(x, dtype=...)``).
+    """
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(value).__name__}")
+    if value.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}, got {value.dtype.name}")
+    if ndim is not None and value.ndim not in np.atleast_1d(ndim):
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {value.shape}")
+    if shape is not None:
+        if value.ndim != len(shape) or any(
+            s is not None and s != v for s, v in zip(shape, value.shape)
+        ):
+            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+            raise ValueError(f"{name} must have shape {want}, got {value.shape}")
+    if not value.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (use numpy.ascontiguousarray)")
+    if finite and not np.isfinite(value).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    return value
+
+
+def check_writable(value, name):
+    if not value.flags.writeable:
+        raise ValueError(f"{name} must be writable")
+    return value
+
+
+def check_int(value, name, minimum=None):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value

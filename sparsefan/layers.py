@@ -1,0 +1,251 @@
+"""The FanIn layer: every output unit reads a fixed set of input units (see DESIGN §2).
+
+    y[b, j, :] = act(bias[j] + sum_{t, c} W[p(j, t), c, :] * x[b, idx[j, t], c])
+
+Shapes (float32 throughout):
+    connectivity  n_out rows over n_in units, nnz connections (sparsefan.Connectivity)
+    weight        (nnz, c_in, c_out): one (c_in x c_out) block per connection p
+    bias          (n_out, c_out)
+    x             (batch, n_in) when c_in == 1, or (batch, n_in, c_in)
+    y             (batch, n_out) for a 2-D x and c_out == 1, else (batch, n_out, c_out)
+
+The ``*_fm`` methods work on the kernels' feature-major layout, ``(units, channels, batch)``,
+so a network can keep activations in that layout between layers (sparsefan.layout).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from sparsefan import _kernels
+from sparsefan._threads import resolve_n_threads
+from sparsefan._validation import check_array, check_int, check_writable
+from sparsefan.connectivity import Connectivity
+from sparsefan.layout import from_feature_major, to_feature_major
+
+ACTIVATIONS = (None, "relu")
+
+
+class Gradients(NamedTuple):
+    """Gradients of a FanIn layer: w.r.t. its input (None if not asked), weight and bias."""
+
+    input: np.ndarray | None
+    weight: np.ndarray
+    bias: np.ndarray
+
+
+class FanIn:
+    """A fixed fan-in layer with ``c_in`` input and ``c_out`` output channels per unit.
+
+    Parameters
+    ----------
+    connectivity : Connectivity
+        Which inputs each output unit reads. Never changed by training.
+    c_in, c_out : int
+        Channels per input unit and per output unit.
+    activation : None or "relu"
+        Fused into the forward kernel.
+    weight : float32 array (nnz, c_in, c_out), optional
+        Default: He-normal (relu) or LeCun-normal (no activation) with each unit's own fan-in
+        ``fan_in(j) * c_in``, drawn from ``seed``.
+    bias : float32 array (n_out, c_out), optional. Default zeros.
+    seed : int or numpy Generator, optional. Seeds the default weights.
+    n_threads : int or None
+        Threads for the kernels (scikit-learn rules: None -> OMP_NUM_THREADS or the usable CPU
+        count; negative counts back from the CPU count; 0 is an error). Results are
+        bit-identical for every thread count.
+    """
+
+    def __init__(self, connectivity, c_in=1, c_out=1, activation=None, weight=None,
+                 bias=None, seed=None, n_threads=None):
+        if not isinstance(connectivity, Connectivity):
+            raise TypeError(
+                f"connectivity must be a sparsefan.Connectivity, got {type(connectivity).__name__}"
+            )
+        self.connectivity = connectivity
+        self.c_in = check_int(c_in, "c_in", 1)
+        self.c_out = check_int(c_out, "c_out", 1)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        self.activation = activation
+        resolve_n_threads(n_threads)  # fail early on a bad value
+        self.n_threads = n_threads
+        if weight is None:
+            gain = 2.0 if activation == "relu" else 1.0
+            fan = np.repeat(np.maximum(connectivity.fan_in(), 1), connectivity.fan_in())
+            std = np.sqrt(gain / (fan * self.c_in))[:, None, None]
+            rng = np.random.default_rng(seed)
+            weight = (rng.standard_normal(self.weight_shape) * std).astype(np.float32)
+        if bias is None:
+            bias = np.zeros(self.bias_shape, dtype=np.float32)
+        self.weight = weight
+        self.bias = bias
+
+    # -- parameters ----------------------------------------------------------------------------
+
+    @property
+    def n_in(self):
+        return self.connectivity.n_in
+
+    @property
+    def n_out(self):
+        return self.connectivity.n_out
+
+    @property
+    def weight_shape(self):
+        return (self.connectivity.nnz, self.c_in, self.c_out)
+
+    @property
+    def bias_shape(self):
+        return (self.connectivity.n_out, self.c_out)
+
+    @property
+    def weight(self):
+        return self._weight
+
+    @weight.setter
+    def weight(self, value):
+        self._weight = check_array(value, "weight", np.float32, shape=self.weight_shape,
+                                   finite=True)
+
+    @property
+    def bias(self):
+        return self._bias
+
+    @bias.setter
+    def bias(self, value):
+        self._bias = check_array(value, "bias", np.float32, shape=self.bias_shape, finite=True)
+
+    @property
+    def n_params(self):
+        return self._weight.size + self._bias.size
+
+    def flops(self, batch=1):
+        """Useful floating-point operations of one forward pass (2 per multiply-add)."""
+        return 2 * self.connectivity.nnz * self.c_in * self.c_out * batch
+
+    def __repr__(self):
+        act = f", activation={self.activation!r}" if self.activation else ""
+        return f"FanIn({self.connectivity!r}, c_in={self.c_in}, c_out={self.c_out}{act})"
+
+    # -- NumPy layout --------------------------------------------------------------------------
+
+    def _check_x(self, x, name, check_finite):
+        if isinstance(x, np.ndarray) and x.ndim == 2:
+            if self.c_in != 1:
+                raise ValueError(
+                    f"{name} must have shape (batch, {self.n_in}, {self.c_in}), got {x.shape}"
+                )
+            return check_array(x, name, np.float32, shape=(None, self.n_in), finite=check_finite)
+        return check_array(x, name, np.float32, shape=(None, self.n_in, self.c_in),
+                           finite=check_finite)
+
+    def _y_shape(self, x):
+        batch = x.shape[0]
+        if x.ndim == 2 and self.c_out == 1:
+            return (batch, self.n_out)
+        return (batch, self.n_out, self.c_out)
+
+    def forward(self, x, n_threads=None, check_finite=True):
+        """Forward pass on ``x`` of shape (batch, n_in) or (batch, n_in, c_in), float32.
+
+        With ``check_finite`` (default) NaN/Inf in ``x`` raise ValueError; without it they
+        propagate by IEEE rules to every unit that reads them (ReLU keeps NaN).
+        """
+        x = self._check_x(x, "x", check_finite)
+        n = self._threads(n_threads)
+        yt = self.forward_fm(to_feature_major(x, n), n_threads=n, check_finite=False)
+        return from_feature_major(yt, n_threads=n).reshape(self._y_shape(x))
+
+    def backward(self, x, dy, y=None, need_input_grad=True, n_threads=None, check_finite=True):
+        """Gradients given the forward input ``x`` and the output gradient ``dy``.
+
+        ``y`` (the forward output) is needed when the activation is ReLU. Returns
+        :class:`Gradients` with ``input`` shaped like ``x`` (None unless ``need_input_grad``),
+        ``weight`` (nnz, c_in, c_out) and ``bias`` (n_out, c_out), freshly allocated.
+        """
+        x = self._check_x(x, "x", check_finite)
+        y_shape = self._y_shape(x)
+        check_array(dy, "dy", np.float32, shape=y_shape, finite=check_finite)
+        if self.activation == "relu":
+            if y is None:
+                raise ValueError("y (the forward output) is required for a ReLU layer's backward")
+            check_array(y, "y", np.float32, shape=y_shape)
+        n = self._threads(n_threads)
+        xt = to_feature_major(x, n)
+        dyt = to_feature_major(dy.reshape(x.shape[0], self.n_out, self.c_out), n)
+        yt = None if y is None else to_feature_major(y.reshape(dyt.shape[2], *dyt.shape[:2]), n)
+        g = self.backward_fm(xt, dyt, yt, need_input_grad=need_input_grad, n_threads=n,
+                             check_finite=False)
+        dx = None
+        if need_input_grad:
+            dx = from_feature_major(g.input, n_threads=n).reshape(x.shape)
+        return Gradients(dx, g.weight, g.bias)
+
+    # -- kernel layout -------------------------------------------------------------------------
+
+    def _threads(self, n_threads):
+        return resolve_n_threads(self.n_threads if n_threads is None else n_threads)
+
+    def _check_xt(self, xt, name, check_finite):
+        return check_array(xt, name, np.float32, shape=(self.n_in, self.c_in, None),
+                           finite=check_finite)
+
+    def forward_fm(self, xt, out=None, n_threads=None, check_finite=True):
+        """Forward pass in the kernels' layout: xt (n_in, c_in, batch) -> (n_out, c_out, batch)."""
+        xt = self._check_xt(xt, "xt", check_finite)
+        batch = xt.shape[2]
+        if out is None:
+            out = np.empty((self.n_out, self.c_out, batch), dtype=np.float32)
+        else:
+            check_writable(check_array(out, "out", np.float32,
+                                       shape=(self.n_out, self.c_out, batch)), "out")
+        conn = self.connectivity
+        _kernels.fanin_forward(out.reshape(-1), xt.reshape(-1), self._weight.reshape(-1),
+                               self._bias.reshape(-1), conn.indptr, conn.indices,
+                               self.c_in, self.c_out, batch, self.activation == "relu",
+                               self._threads(n_threads))
+        return out
+
+    def backward_fm(self, xt, dyt, yt=None, grad_input=None, grad_weight=None, grad_bias=None,
+                    need_input_grad=True, n_threads=None, check_finite=True):
+        """Backward pass in the kernels' layout; gradients *accumulate* into given buffers.
+
+        xt (n_in, c_in, B) is the forward input, dyt (n_out, c_out, B) the output gradient,
+        yt (n_out, c_out, B) the forward output (needed for ReLU). Buffers not given are
+        allocated as zeros. Returns :class:`Gradients` (input in the (n_in, c_in, B) layout).
+        """
+        xt = self._check_xt(xt, "xt", check_finite)
+        batch = xt.shape[2]
+        out_shape = (self.n_out, self.c_out, batch)
+        check_array(dyt, "dyt", np.float32, shape=out_shape, finite=check_finite)
+        n = self._threads(n_threads)
+        if self.activation == "relu":
+            if yt is None:
+                raise ValueError("yt (the forward output) is required for a ReLU layer's backward")
+            check_array(yt, "yt", np.float32, shape=out_shape)
+            dzt = np.empty_like(dyt)
+            _kernels.relu_backward(dzt.reshape(-1), dyt.reshape(-1), yt.reshape(-1), n)
+            dyt = dzt
+        grad_weight = self._grad_buffer(grad_weight, "grad_weight", self.weight_shape)
+        grad_bias = self._grad_buffer(grad_bias, "grad_bias", self.bias_shape)
+        conn = self.connectivity
+        _kernels.fanin_backward_params(grad_weight.reshape(-1), grad_bias.reshape(-1),
+                                       dyt.reshape(-1), xt.reshape(-1), conn.indptr,
+                                       conn.indices, self.c_in, self.c_out, batch, n)
+        if need_input_grad:
+            grad_input = self._grad_buffer(grad_input, "grad_input", xt.shape)
+            t = conn.transpose()
+            _kernels.fanin_backward_input(grad_input.reshape(-1), dyt.reshape(-1),
+                                          self._weight.reshape(-1), t.indptr, t.rows, t.slots,
+                                          self.c_in, self.c_out, batch, n)
+        else:
+            grad_input = None
+        return Gradients(grad_input, grad_weight, grad_bias)
+
+    @staticmethod
+    def _grad_buffer(buf, name, shape):
+        if buf is None:
+            return np.zeros(shape, dtype=np.float32)
+        return check_writable(check_array(buf, name, np.float32, shape=shape), name)
