@@ -61,6 +61,15 @@ def _rng(seed):
     return np.random.default_rng(seed)
 
 
+def grid_centres(H, W, n):
+    """Centres (row, col) of ``n`` units spread evenly over an H x W image: the cells of a
+    ``gh x gw`` grid, ``gh = round(sqrt(n H / W))``, ``gw = ceil(n / gh)``, row-major, first n."""
+    gh = max(1, min(n, round(math.sqrt(n * H / W))))
+    gw = math.ceil(n / gh)
+    a, b = np.divmod(np.arange(n), gw)
+    return np.stack([(a + 0.5) * H / gh - 0.5, (b + 0.5) * W / gw - 0.5], axis=1)
+
+
 class Connectivity:
     """A validated CSR index table with ``n_out`` rows over ``n_in`` input units.
 
@@ -201,6 +210,16 @@ class Connectivity:
         return cls._fixed(n_in, np.concatenate(groups)[:n_out])
 
     @classmethod
+    def partition(cls, n_in, n_parts, seed=None):
+        """One random disjoint partition of the inputs into ``n_parts`` groups whose sizes
+        differ by at most 1 (rows sorted). Every input is read exactly once."""
+        n_in, n_parts = _check_int(n_in, "n_in", 1), _check_int(n_parts, "n_parts", 1)
+        if n_parts > n_in:
+            raise ValueError(f"n_parts must be <= n_in = {n_in}, got {n_parts}")
+        rows = [np.sort(r) for r in np.array_split(_rng(seed).permutation(n_in), n_parts)]
+        return cls.from_rows(n_in, rows)
+
+    @classmethod
     def gaussian(cls, shape, n_out, k, sigma=None, centres=None, seed=None, chunk=4096):
         """Each output reads ``k`` distinct inputs near its centre on an image grid.
 
@@ -244,10 +263,7 @@ class Connectivity:
         if not (sigma > 0 and math.isfinite(sigma)):
             raise ValueError(f"sigma must be a positive finite number, got {sigma}")
         if centres is None:
-            gh = max(1, min(n_out, round(math.sqrt(n_out * H / W))))
-            gw = math.ceil(n_out / gh)
-            a, b = np.divmod(np.arange(n_out), gw)
-            centres = np.stack([(a + 0.5) * H / gh - 0.5, (b + 0.5) * W / gw - 0.5], axis=1)
+            centres = grid_centres(H, W, n_out)
         else:
             centres = np.asarray(centres, dtype=np.float64)
             if centres.shape != (n_out, 2):
@@ -280,6 +296,45 @@ class Connectivity:
                 raise ValueError("gaussian: fewer than k inputs in a unit's window")
             table[r0:r1] = np.take_along_axis(cand, top, axis=1)
         return cls._fixed(n_in, table)
+
+    @classmethod
+    def gaussian_points(cls, in_points, out_points, k, sigma, seed=None):
+        """Each output reads ``k`` distinct inputs near it, for inputs and outputs at given
+        positions (for example the centres of a previous layer's units).
+
+        in_points (n_in, d), out_points (n_out, d). Inputs are drawn without replacement with
+        probability proportional to ``exp(-d^2 / (2 sigma^2))`` among each output's
+        ``max(4k, expected count within 3 sigma)`` nearest inputs (a k-d tree query), by Gumbel
+        top-k.
+        """
+        from scipy.spatial import cKDTree
+
+        in_points = np.asarray(in_points, dtype=np.float64)
+        out_points = np.asarray(out_points, dtype=np.float64)
+        if in_points.ndim != 2 or out_points.ndim != 2 or in_points.shape[1] != out_points.shape[1]:
+            raise ValueError("in_points and out_points must be (n, d) arrays with the same d")
+        if not (np.isfinite(in_points).all() and np.isfinite(out_points).all()):
+            raise ValueError("points contain NaN or Inf")
+        n_in, n_out = len(in_points), len(out_points)
+        if n_in < 1 or n_out < 1:
+            raise ValueError("in_points and out_points must not be empty")
+        k = _check_int(k, "k", 1)
+        if k > n_in:
+            raise ValueError(f"k must be <= n_in = {n_in}, got {k}")
+        sigma = float(sigma)
+        if not (sigma > 0 and math.isfinite(sigma)):
+            raise ValueError(f"sigma must be a positive finite number, got {sigma}")
+        tree = cKDTree(in_points)
+        # expected number of inputs within 3 sigma, from the mean density in 2-D
+        span = np.ptp(in_points, axis=0).prod() if in_points.shape[1] == 2 else 0
+        dens = n_in / span if span > 0 else 0.0
+        n_cand = int(min(n_in, max(4 * k, math.ceil(dens * math.pi * 9 * sigma * sigma))))
+        dist, cand = tree.query(out_points, k=n_cand)
+        dist, cand = dist.reshape(n_out, n_cand), cand.reshape(n_out, n_cand)
+        rng = _rng(seed)
+        keys = -dist ** 2 / (2 * sigma * sigma) + rng.gumbel(size=dist.shape)
+        top = np.argpartition(-keys, k - 1, axis=1)[:, :k]
+        return cls._fixed(n_in, np.take_along_axis(cand, top, axis=1))
 
     # -- interop -------------------------------------------------------------------------------
 

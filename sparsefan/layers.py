@@ -202,6 +202,9 @@ class FanIn:
             check_writable(check_array(out, "out", np.float32,
                                        shape=(self.n_out, self.c_out, batch)), "out")
         conn = self.connectivity
+        if self._use_blas:
+            self._blas_forward(out, xt)
+            return out
         _kernels.fanin_forward(out.reshape(-1), xt.reshape(-1), self._weight.reshape(-1),
                                self._bias.reshape(-1), conn.indptr, conn.indices,
                                self.c_in, self.c_out, batch, self.activation == "relu",
@@ -230,19 +233,57 @@ class FanIn:
             dyt = dzt
         grad_weight = self._grad_buffer(grad_weight, "grad_weight", self.weight_shape)
         grad_bias = self._grad_buffer(grad_bias, "grad_bias", self.bias_shape)
+        if need_input_grad:
+            grad_input = self._grad_buffer(grad_input, "grad_input", xt.shape)
+        else:
+            grad_input = None
+        if self._use_blas:
+            self._blas_backward(xt, dyt, grad_input, grad_weight, grad_bias)
+            return Gradients(grad_input, grad_weight, grad_bias)
         conn = self.connectivity
         _kernels.fanin_backward_params(grad_weight.reshape(-1), grad_bias.reshape(-1),
                                        dyt.reshape(-1), xt.reshape(-1), conn.indptr,
                                        conn.indices, self.c_in, self.c_out, batch, n)
         if need_input_grad:
-            grad_input = self._grad_buffer(grad_input, "grad_input", xt.shape)
             t = conn.transpose()
             _kernels.fanin_backward_input(grad_input.reshape(-1), dyt.reshape(-1),
                                           self._weight.reshape(-1), t.indptr, t.rows, t.slots,
                                           self.c_in, self.c_out, batch, n)
-        else:
-            grad_input = None
         return Gradients(grad_input, grad_weight, grad_bias)
+
+    # -- single-unit layers: one GEMM ------------------------------------------------------------
+    # A layer with one output unit (a dense layer: Connectivity.dense(n_in, 1), or a per-unit
+    # layer over a single unit) has no parallelism across rows; its work is one matrix product,
+    # which BLAS does best. Same math as the kernels, same layouts.
+
+    blas_single_unit = True  # tests switch it off to exercise the C kernel on such layers
+
+    @property
+    def _use_blas(self):
+        return (self.blas_single_unit and self.connectivity.n_out == 1
+                and self.connectivity.nnz > 0)
+
+    def _gather(self, xt):
+        idx = self.connectivity.indices
+        if idx.size == self.n_in and (idx == np.arange(self.n_in)).all():
+            return xt.reshape(self.n_in * self.c_in, -1)
+        return xt[idx].reshape(idx.size * self.c_in, -1)
+
+    def _blas_forward(self, out, xt):
+        w = self._weight.reshape(-1, self.c_out)  # (k * c_in, c_out)
+        y = out.reshape(self.c_out, -1)
+        np.matmul(w.T, self._gather(xt), out=y)
+        y += self._bias.reshape(self.c_out, 1)
+        if self.activation == "relu":
+            np.maximum(y, 0.0, out=y)  # keeps NaN, like the kernel
+
+    def _blas_backward(self, xt, dzt, grad_input, grad_weight, grad_bias):
+        dz = dzt.reshape(self.c_out, -1)  # (c_out, batch), already through the ReLU
+        grad_weight.reshape(-1, self.c_out)[...] += self._gather(xt) @ dz.T
+        grad_bias.reshape(-1)[...] += dz.sum(axis=1)
+        if grad_input is not None:
+            dxg = (self._weight.reshape(-1, self.c_out) @ dz).reshape(-1, self.c_in, dz.shape[1])
+            grad_input[self.connectivity.indices] += dxg  # a row never repeats an input
 
     @staticmethod
     def _grad_buffer(buf, name, shape):

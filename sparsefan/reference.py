@@ -55,3 +55,43 @@ def fanin_backward(x, connectivity, weight, bias, dy, activation=None):
 
 def relu(z):
     return np.maximum(z, 0.0)
+
+
+# -- networks -----------------------------------------------------------------------------------
+
+def network_unit_logits(x, layers):
+    """Per-unit logits Z (M, C, batch) of a chain of FanIn layers, composed from
+    ``fanin_forward``. ``layers`` holds objects with connectivity / weight / bias / activation."""
+    h = np.asarray(x, dtype=np.float64).reshape(len(x), -1, 1)
+    for layer in layers:
+        h = fanin_forward(h, layer.connectivity, layer.weight, layer.bias, layer.activation)
+    return np.transpose(h, (1, 2, 0))
+
+
+def network_loss(x, y, layers, aggregate, aggregate_weight=1.0, unit_weight=0.0):
+    """The training loss of a network, written out directly (no gradients): for finite
+    differences. Cross-entropy of the aggregate and/or the mean per-unit cross-entropy."""
+    Z = network_unit_logits(x, layers)  # (M, C, B)
+    M, C, B = Z.shape
+    y = np.asarray(y)
+    total = 0.0
+    if aggregate_weight:
+        if aggregate == "mean_logits":
+            s = Z.mean(axis=0)  # (C, B)
+            logp = s - np.log(np.exp(s - s.max(0)).sum(0)) - s.max(0)
+            total += aggregate_weight * -np.mean([logp[y[b], b] for b in range(B)])
+        elif aggregate == "mean_prob":
+            p = np.exp(Z - Z.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            pbar = p.mean(axis=0)
+            total += aggregate_weight * -np.mean([np.log(pbar[y[b], b]) for b in range(B)])
+        else:
+            raise ValueError(aggregate)
+    if unit_weight:
+        ce = 0.0
+        for j in range(M):
+            s = Z[j]
+            logp = s - s.max(0) - np.log(np.exp(s - s.max(0)).sum(0))
+            ce += -np.mean([logp[y[b], b] for b in range(B)])
+        total += unit_weight * ce / M
+    return total

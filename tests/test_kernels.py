@@ -73,6 +73,24 @@ def test_forward_and_gradients_match_reference(conn_case, shape, activation, rng
     assert rel_err(g.bias, db) <= TOL
 
 
+@pytest.mark.parametrize("blas", [True, False], ids=["blas", "kernel"])
+@pytest.mark.parametrize("conn_case", [("random", 25, 1, 6), ("dense", 12, 1, 12)], ids=_ids)
+def test_single_unit_layers_both_paths(conn_case, blas, rng):
+    """Layers with one output unit run as one GEMM by default; the C kernel must agree too."""
+    layer = _layer(conn_case, 3, 5, "relu")
+    layer.blas_single_unit = blas
+    assert layer._use_blas == blas
+    x = rng.standard_normal((33, layer.n_in, 3)).astype(np.float32)
+    y = layer.forward(x)
+    assert rel_err(y, ref.fanin_forward(x, layer.connectivity, layer.weight, layer.bias,
+                                        "relu")) <= TOL
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    g = layer.backward(x, dy, y)
+    for got, want in zip(g, ref.fanin_backward(x, layer.connectivity, layer.weight, layer.bias,
+                                               dy, "relu")):
+        assert rel_err(got, want) <= TOL
+
+
 @pytest.mark.parametrize("conn_case", CONNECTIVITIES, ids=_ids)
 def test_bit_identical_for_any_thread_count(conn_case, rng):
     layer = _layer(conn_case, 2, 3, "relu")

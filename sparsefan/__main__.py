@@ -1,0 +1,5 @@
+import sys
+
+from sparsefan.cli import main
+
+sys.exit(main())

@@ -1,0 +1,102 @@
+"""Aggregation: turn every output unit's class scores into one prediction (DESIGN §2).
+
+Per-unit logits are held as ``Z`` of shape (M units, C classes, batch) — the kernels' layout.
+
+- ``mean_logits``: scores = mean_j Z[j]; probabilities = softmax(scores).
+- ``mean_prob``:   probabilities = mean_j softmax(Z[j]); scores = log(probabilities).
+- ``vote``:        each unit votes for its argmax (ties -> lowest class); probabilities = vote
+                   fractions; scores = vote fractions. Not differentiable: train it with the
+                   per-unit loss.
+
+Losses (mean over the batch) and their gradients w.r.t. Z, in float64 for stability.
+"""
+import numpy as np
+
+AGGREGATES = ("mean_logits", "mean_prob", "vote")
+
+
+def softmax(z, axis):
+    z = z - z.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def log_softmax(z, axis):
+    z = z - z.max(axis=axis, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
+
+
+def votes(Z):
+    """(C, batch) fraction of units whose argmax is each class."""
+    M, C, B = Z.shape
+    winners = Z.argmax(axis=1)  # (M, B)
+    counts = np.zeros((C, B))
+    for c in range(C):
+        counts[c] = (winners == c).sum(axis=0)
+    return counts / M
+
+
+def probabilities(Z, aggregate):
+    """(batch, C) class probabilities of the aggregate."""
+    Z = np.asarray(Z, dtype=np.float64)
+    if aggregate == "mean_logits":
+        return softmax(Z.mean(axis=0), axis=0).T
+    if aggregate == "mean_prob":
+        return softmax(Z, axis=1).mean(axis=0).T
+    if aggregate == "vote":
+        return votes(Z).T
+    raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+
+
+def scores(Z, aggregate):
+    """(batch, C) aggregate scores whose argmax is the prediction (mean logits, log mean
+    probability, or vote fraction)."""
+    Z = np.asarray(Z, dtype=np.float64)
+    if aggregate == "mean_logits":
+        return Z.mean(axis=0).T
+    if aggregate == "mean_prob":
+        with np.errstate(divide="ignore"):
+            return np.log(softmax(Z, axis=1).mean(axis=0)).T
+    return probabilities(Z, aggregate)
+
+
+def aggregate_loss(Z, y, aggregate):
+    """Cross-entropy of the aggregate and its gradient dL/dZ (same shape as Z).
+
+    Z (M, C, B), y (B,) int class labels.
+    """
+    Z = np.asarray(Z, dtype=np.float64)
+    M, C, B = Z.shape
+    cols = np.arange(B)
+    if aggregate == "mean_logits":
+        S = Z.mean(axis=0)  # (C, B)
+        logp = log_softmax(S, axis=0)
+        loss = -logp[y, cols].mean()
+        dS = np.exp(logp)
+        dS[y, cols] -= 1.0
+        dS /= B
+        return loss, np.broadcast_to(dS / M, Z.shape).copy()
+    if aggregate == "mean_prob":
+        P = softmax(Z, axis=1)  # (M, C, B)
+        pbar_y = np.maximum(P[:, y, cols].mean(axis=0), 1e-30)  # (B,)
+        loss = -np.log(pbar_y).mean()
+        # dL/dZ_j[c] = -(P_j[y] / (M B pbar_y)) * (delta_cy - P_j[c])
+        coef = -P[:, y, cols] / (M * B * pbar_y)  # (M, B)
+        dZ = -P * coef[:, None, :]
+        dZ[:, y, cols] += coef
+        return loss, dZ
+    if aggregate == "vote":
+        raise ValueError("the vote aggregate is not differentiable; train it with the unit loss")
+    raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+
+
+def unit_loss(Z, y):
+    """Mean over units and examples of each unit's own cross-entropy, and dL/dZ."""
+    Z = np.asarray(Z, dtype=np.float64)
+    M, C, B = Z.shape
+    cols = np.arange(B)
+    logp = log_softmax(Z, axis=1)
+    loss = -logp[:, y, cols].mean()
+    dZ = np.exp(logp)
+    dZ[:, y, cols] -= 1.0
+    return loss, dZ / (M * B)

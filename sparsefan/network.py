@@ -1,0 +1,255 @@
+"""A Network: a chain of FanIn layers ending in per-unit class scores, and an aggregation.
+
+    x (batch, n_in) --FanIn--> ... --FanIn (head: c_out = n_classes)--> Z (M units, C, batch)
+                    --aggregate--> (batch, C)
+
+Between layers the activations stay in the kernels' feature-major layout ``(units, channels,
+batch)``; the layout changes once at the entry. Layers with one output unit (dense layers) run as
+one GEMM (see FanIn), so a dense MLP is a Network too and trains with the same trainer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sparsefan import aggregate as agg
+from sparsefan._threads import resolve_n_threads
+from sparsefan._validation import check_array, check_int
+from sparsefan.connectivity import Connectivity
+from sparsefan.layers import FanIn
+from sparsefan.layout import to_feature_major
+
+
+@dataclass
+class StepResult:
+    """One forward + backward pass on a batch."""
+
+    loss: float
+    aggregate_loss: float
+    unit_loss: float
+    correct: int
+    grads: list  # per layer: (grad_weight, grad_bias)
+
+
+class Network:
+    """A chain of FanIn layers whose last layer emits ``n_classes`` scores per output unit.
+
+    Parameters
+    ----------
+    layers : list of FanIn
+        Consecutive layers must agree: ``layers[i].n_out == layers[i+1].n_in`` and
+        ``layers[i].c_out == layers[i+1].c_in``. The first layer has ``c_in == 1``; the last has
+        ``c_out == n_classes`` and no activation.
+    n_classes : int
+    aggregate : "mean_logits", "mean_prob" or "vote"
+    input_shape : tuple, optional
+        The shape of one example (e.g. (28, 28)); its product must be ``layers[0].n_in``.
+    name : str, optional
+        The builder or a free label, kept in model files.
+    """
+
+    def __init__(self, layers, n_classes, aggregate="mean_logits", input_shape=None, name=None):
+        layers = list(layers)
+        if not layers:
+            raise ValueError("layers must not be empty")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, FanIn):
+                raise TypeError(f"layers[{i}] must be a FanIn, got {type(layer).__name__}")
+        self.n_classes = check_int(n_classes, "n_classes", 2)
+        if layers[0].c_in != 1:
+            raise ValueError(f"layers[0] must have c_in=1 (one value per input), got "
+                             f"{layers[0].c_in}")
+        for i in range(1, len(layers)):
+            a, b = layers[i - 1], layers[i]
+            if a.n_out != b.n_in or a.c_out != b.c_in:
+                raise ValueError(
+                    f"layers[{i - 1}] outputs {a.n_out} units x {a.c_out} channels but layers[{i}]"
+                    f" reads {b.n_in} units x {b.c_in} channels")
+        head = layers[-1]
+        if head.c_out != self.n_classes:
+            raise ValueError(f"the last layer must have c_out = n_classes = {self.n_classes}, "
+                             f"got {head.c_out}")
+        if head.activation is not None:
+            raise ValueError("the last layer emits logits: it must have no activation")
+        if aggregate not in agg.AGGREGATES:
+            raise ValueError(f"aggregate must be one of {agg.AGGREGATES}, got {aggregate!r}")
+        self.layers = layers
+        self.aggregate = aggregate
+        n_in = layers[0].n_in
+        if input_shape is None:
+            input_shape = (n_in,)
+        input_shape = tuple(int(s) for s in input_shape)
+        if int(np.prod(input_shape)) != n_in:
+            raise ValueError(f"input_shape {input_shape} does not hold n_in = {n_in} values")
+        self.input_shape = input_shape
+        self.name = name or "network"
+        self.metadata = {}
+
+    # -- structure -----------------------------------------------------------------------------
+
+    @property
+    def n_in(self):
+        return self.layers[0].n_in
+
+    @property
+    def n_units(self):
+        """M: the number of output units, each emitting n_classes scores."""
+        return self.layers[-1].n_out
+
+    @property
+    def n_params(self):
+        return sum(layer.n_params for layer in self.layers)
+
+    def flops(self, batch=1):
+        """Multiply-add FLOPs of one forward pass through the layers (aggregation excluded)."""
+        return sum(layer.flops(batch) for layer in self.layers)
+
+    def connectivities(self):
+        return [layer.connectivity for layer in self.layers]
+
+    def receptive_fields(self):
+        """Connectivity from the inputs to the output units: the composition of every table."""
+        fields = self.layers[0].connectivity
+        for layer in self.layers[1:]:
+            fields = layer.connectivity.compose(fields)
+        return fields
+
+    # -- inference -----------------------------------------------------------------------------
+
+    def _check_x(self, x, check_finite=True):
+        if isinstance(x, np.ndarray) and x.ndim > 2 and x.shape[1:] == self.input_shape:
+            x = x.reshape(x.shape[0], -1)
+        return check_array(x, "x", np.float32, shape=(None, self.n_in), finite=check_finite)
+
+    def forward_fm(self, xt, n_threads=None, keep=False):
+        """Run the layers on xt (n_in, 1, batch). Returns Z (M, C, batch), or with ``keep`` the
+        list of every layer's input and the final output."""
+        n = resolve_n_threads(n_threads)
+        acts = [xt]
+        for layer in self.layers:
+            acts.append(layer.forward_fm(acts[-1], n_threads=n, check_finite=False))
+            if not keep:
+                acts = acts[-1:]
+        return acts if keep else acts[-1]
+
+    def unit_logits(self, x, n_threads=None, batch_size=4096):
+        """Per-unit class scores Z, shape (M, C, batch), float32."""
+        x = self._check_x(x)
+        n = resolve_n_threads(n_threads)
+        out = np.empty((self.n_units, self.n_classes, x.shape[0]), dtype=np.float32)
+        for s in range(0, x.shape[0], batch_size):
+            xb = x[s:s + batch_size]
+            out[:, :, s:s + xb.shape[0]] = self.forward_fm(to_feature_major(xb, n), n)
+        return out
+
+    def predict_proba(self, x, n_threads=None):
+        """(batch, C) probabilities of the aggregate."""
+        return agg.probabilities(self.unit_logits(x, n_threads), self.aggregate)
+
+    def scores(self, x, n_threads=None):
+        """(batch, C) aggregate scores: mean logits, log mean probability, or vote fraction."""
+        return agg.scores(self.unit_logits(x, n_threads), self.aggregate)
+
+    def predict(self, x, n_threads=None):
+        """(batch,) predicted class (argmax of the aggregate scores; ties -> lowest class)."""
+        return self.scores(x, n_threads).argmax(axis=1)
+
+    # -- training ------------------------------------------------------------------------------
+
+    def loss_and_grad(self, x, y, aggregate_weight=1.0, unit_weight=0.0, n_threads=None,
+                      grads=None):
+        """Loss = aggregate_weight * CE(aggregate) + unit_weight * mean per-unit CE, and the
+        gradient of every layer's weight and bias (accumulated into ``grads`` if given).
+
+        x (batch, n_in) float32, y (batch,) int labels in [0, n_classes).
+        """
+        x = self._check_x(x, check_finite=False)
+        y = np.asarray(y)
+        if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"y must be an int array of shape ({x.shape[0]},)")
+        if y.size and (y.min() < 0 or y.max() >= self.n_classes):
+            raise ValueError(f"y must hold labels in [0, {self.n_classes})")
+        n = resolve_n_threads(n_threads)
+        acts = self.forward_fm(to_feature_major(x, n), n, keep=True)
+        Z = acts[-1]
+        loss_a = loss_u = 0.0
+        dZ = np.zeros(Z.shape, dtype=np.float64)
+        if aggregate_weight:
+            loss_a, d = agg.aggregate_loss(Z, y, self.aggregate)
+            dZ += aggregate_weight * d
+        if unit_weight:
+            loss_u, d = agg.unit_loss(Z, y)
+            dZ += unit_weight * d
+        correct = int((agg.scores(Z, self.aggregate).argmax(axis=1) == y).sum())
+        if grads is None:
+            grads = [(np.zeros(l.weight_shape, np.float32), np.zeros(l.bias_shape, np.float32))
+                     for l in self.layers]
+        dy = dZ.astype(np.float32)
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[i]
+            g = layer.backward_fm(acts[i], dy, acts[i + 1], grad_weight=grads[i][0],
+                                  grad_bias=grads[i][1], need_input_grad=i > 0, n_threads=n,
+                                  check_finite=False)
+            dy = g.input
+        loss = aggregate_weight * loss_a + unit_weight * loss_u
+        return StepResult(float(loss), float(loss_a), float(loss_u), correct, grads)
+
+    # -- description ---------------------------------------------------------------------------
+
+    def summary_dict(self):
+        rows = []
+        for i, layer in enumerate(self.layers):
+            conn = layer.connectivity
+            fan = conn.fan_in()
+            nbytes = (layer.weight.nbytes + layer.bias.nbytes + conn.indices.nbytes
+                      + conn.indptr.nbytes)
+            rows.append({
+                "layer": i, "units": conn.n_out, "c_in": layer.c_in, "c_out": layer.c_out,
+                "fan_in_min": int(fan.min()), "fan_in_max": int(fan.max()),
+                "activation": layer.activation or "-", "params": layer.n_params,
+                "flops": layer.flops(1), "bytes": int(nbytes),
+            })
+        fields = self.receptive_fields()
+        rf = fields.fan_in()
+        deg = fields.out_degree()
+        return {
+            "name": self.name, "input_shape": list(self.input_shape), "n_in": self.n_in,
+            "n_units": self.n_units, "n_classes": self.n_classes, "aggregate": self.aggregate,
+            "layers": rows, "params": self.n_params, "flops": self.flops(1),
+            "bytes": sum(r["bytes"] for r in rows),
+            "receptive_field_min": int(rf.min()), "receptive_field_mean": float(rf.mean()),
+            "receptive_field_max": int(rf.max()),
+            "out_degree_max": int(deg.max()), "out_degree_mean": float(deg.mean()),
+        }
+
+    def summary(self):
+        """A table per layer (units, channels, fan-in, params, FLOPs per example, bytes) and
+        the receptive fields and per-input out-degree to the output units."""
+        s = self.summary_dict()
+        lines = [
+            f"{s['name']}: input {tuple(s['input_shape'])} -> {s['n_units']} output units x "
+            f"{s['n_classes']} classes, aggregate={s['aggregate']}",
+            f"{'layer':>5} {'units':>7} {'channels':>9} {'fan-in':>9} {'act':>5} "
+            f"{'params':>10} {'FLOPs/ex':>11} {'bytes':>11}",
+        ]
+        for r in s["layers"]:
+            fan = (str(r["fan_in_min"]) if r["fan_in_min"] == r["fan_in_max"]
+                   else f"{r['fan_in_min']}..{r['fan_in_max']}")
+            lines.append(
+                f"{r['layer']:>5} {r['units']:>7} {str(r['c_in']) + '->' + str(r['c_out']):>9} "
+                f"{fan:>9} {r['activation']:>5} {r['params']:>10,} {r['flops']:>11,} "
+                f"{r['bytes']:>11,}")
+        lines.append(f"total: {s['params']:,} parameters, {s['flops']:,} FLOPs per example, "
+                     f"{s['bytes']:,} bytes")
+        lines.append(
+            f"receptive field of an output unit: {s['receptive_field_min']}.."
+            f"{s['receptive_field_max']} inputs (mean {s['receptive_field_mean']:.1f}); "
+            f"output units reached per input: max {s['out_degree_max']}, "
+            f"mean {s['out_degree_mean']:.1f}")
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return (f"Network({self.name!r}, n_in={self.n_in}, layers={len(self.layers)}, "
+                f"n_units={self.n_units}, n_classes={self.n_classes}, "
+                f"aggregate={self.aggregate!r})")

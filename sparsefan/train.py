@@ -1,0 +1,303 @@
+"""A thin NumPy trainer over the C forward and backward passes.
+
+Minibatch training with Adam (decoupled weight decay) or SGD with momentum, a learning-rate
+schedule, cross-entropy on the aggregate and/or on every output unit, a validation split, early
+stopping on validation accuracy, a progress bar, seeded and reproducible.
+
+Reproducibility: the minibatch order of epoch ``e`` comes from ``default_rng([seed, e])`` and the
+kernels are bit-identical for any thread count, so a run resumed from its checkpoint (written
+atomically after every epoch) ends with exactly the same weights as an uninterrupted run.
+Training never changes the connectivity (the index tables are read-only arrays).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sparsefan import aggregate as agg
+from sparsefan.network import Network
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "cosine", "step")
+
+
+class TrainingError(FloatingPointError):
+    """The loss became NaN or Inf."""
+
+
+@dataclass
+class TrainConfig:
+    """Training hyper-parameters. ``aggregate_loss``/``unit_loss`` weight the two losses;
+    None picks (1, 0) for differentiable aggregates and (0, 1) for the vote."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    aggregate_loss: float | None = None
+    unit_loss: float | None = None
+    validation: float = 0.0
+    patience: int | None = None
+    seed: int = 0
+    n_threads: int | None = None
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (0.0 <= self.validation < 1.0):
+            raise ValueError(f"validation must be a fraction in [0, 1), got {self.validation}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
+
+    def loss_weights(self, aggregate):
+        a, u = self.aggregate_loss, self.unit_loss
+        if a is None and u is None:
+            a, u = (0.0, 1.0) if aggregate == "vote" else (1.0, 0.0)
+        a, u = float(a or 0.0), float(u or 0.0)
+        if aggregate == "vote" and a:
+            raise ValueError("the vote aggregate is not differentiable: set aggregate_loss=0")
+        if a == 0 and u == 0:
+            raise ValueError("aggregate_loss and unit_loss are both 0: nothing to train")
+        return a, u
+
+    def to_json(self):
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+@dataclass
+class TrainResult:
+    history: list = field(default_factory=list)  # one dict per epoch
+    best_epoch: int | None = None
+    seconds: float = 0.0
+    steps: int = 0
+
+
+def learning_rate(config, step, steps_per_epoch):
+    total = config.epochs * steps_per_epoch
+    warm = config.warmup_epochs * steps_per_epoch
+    if warm and step < warm:
+        return config.lr * (step + 1) / warm
+    if config.schedule == "constant":
+        return config.lr
+    if config.schedule == "cosine":
+        t = (step - warm) / max(1.0, total - warm)
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+    # step: divide by 10 at 50% and 75% of training
+    frac = step / max(1, total)
+    return config.lr * (0.1 ** ((frac >= 0.5) + (frac >= 0.75)))
+
+
+class Optimizer:
+    """Adam (with decoupled weight decay, on weights only) or SGD with momentum (weight decay
+    as an L2 term on weights). State: one or two buffers per parameter and the step count."""
+
+    def __init__(self, network, config):
+        self.config = config
+        self.params = []
+        for layer in network.layers:
+            self.params += [(layer, "weight", True), (layer, "bias", False)]
+        n = 2 if config.optimizer == "adam" else 1
+        self.state = [[np.zeros_like(getattr(l, a)) for _ in range(n)] for l, a, _ in self.params]
+        self.t = 0
+
+    def step(self, grads, lr):
+        cfg = self.config
+        self.t += 1
+        flat = [g for pair in grads for g in pair]
+        for (layer, attr, decay), g, st in zip(self.params, flat, self.state):
+            p = getattr(layer, attr)  # updated in place: the layer keeps its validated array
+            if cfg.optimizer == "adam":
+                m, v = st
+                b1, b2, eps = 0.9, 0.999, 1e-8
+                m *= b1
+                m += (1 - b1) * g
+                v *= b2
+                v += (1 - b2) * g * g
+                mhat = m / (1 - b1 ** self.t)
+                vhat = v / (1 - b2 ** self.t)
+                if decay and cfg.weight_decay:
+                    p -= np.float32(lr * cfg.weight_decay) * p
+                p -= (lr * mhat / (np.sqrt(vhat) + eps)).astype(np.float32)
+            else:
+                (buf,) = st
+                if decay and cfg.weight_decay:
+                    g = g + np.float32(cfg.weight_decay) * p
+                buf *= np.float32(cfg.momentum)
+                buf += g
+                p -= np.float32(lr) * buf
+
+
+def evaluate(network, x, y, n_threads=None, batch_size=2048):
+    """Accuracy and mean aggregate cross-entropy (or vote error proxy) on (x, y)."""
+    correct = 0
+    loss = 0.0
+    for s in range(0, len(x), batch_size):
+        Z = network.unit_logits(x[s:s + batch_size], n_threads)
+        yb = y[s:s + batch_size]
+        correct += int((agg.scores(Z, network.aggregate).argmax(axis=1) == yb).sum())
+        if network.aggregate != "vote":
+            loss += agg.aggregate_loss(Z, yb, network.aggregate)[0] * len(yb)
+        else:
+            loss += agg.unit_loss(Z, yb)[0] * len(yb)
+    return correct / max(1, len(x)), loss / max(1, len(x))
+
+
+def _split(n, fraction, seed):
+    if fraction <= 0:
+        return np.arange(n), np.zeros(0, dtype=np.int64)
+    perm = np.random.default_rng([seed, 2**31 - 1]).permutation(n)
+    n_val = max(1, int(round(n * fraction)))
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def as_float_inputs(x):
+    """uint8 images -> float32 in [0, 1]; float arrays -> C-contiguous float32 (no rescaling)."""
+    x = np.asarray(x)
+    if x.dtype == np.uint8:
+        out = x.reshape(len(x), -1).astype(np.float32)
+        out *= np.float32(1.0 / 255.0)
+        return out
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"x must hold uint8 images or floats, got dtype {x.dtype.name}")
+    return np.ascontiguousarray(x.reshape(len(x), -1), dtype=np.float32)
+
+
+def train(network, x, y, config=None, x_val=None, y_val=None, checkpoint=None, resume=False,
+          progress=True, log=print):
+    """Train ``network`` in place on x (n, ...) uint8 or float, y (n,) int labels.
+
+    ``validation`` in the config holds out that fraction of (x, y) (seeded) unless x_val/y_val
+    are given. With ``patience``, training stops after that many epochs without a better
+    validation accuracy, and the best weights are restored. ``checkpoint`` (a path) is written
+    atomically after every epoch; ``resume=True`` continues from it if it exists.
+    Returns a :class:`TrainResult`.
+    """
+    from sparsefan import io as sfio
+
+    if not isinstance(network, Network):
+        raise TypeError(f"network must be a sparsefan Network, got {type(network).__name__}")
+    config = config or TrainConfig()
+    aw, uw = config.loss_weights(network.aggregate)
+    x = as_float_inputs(x)
+    y = np.asarray(y)
+    if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"y must be an int array of shape ({len(x)},), got {y.shape} {y.dtype}")
+    if x.shape[1] != network.n_in:
+        raise ValueError(f"x has {x.shape[1]} features per example, the network reads "
+                         f"{network.n_in}")
+    if not np.isfinite(x).all():
+        raise ValueError("x contains NaN or Inf")
+    if len(y) and (y.min() < 0 or y.max() >= network.n_classes):
+        raise ValueError(f"y must hold labels in [0, {network.n_classes})")
+    y = y.astype(np.int64)
+    if x_val is None:
+        tr, va = _split(len(x), config.validation, config.seed)
+        x_val, y_val = x[va], y[va]
+        x, y = x[tr], y[tr]
+    else:
+        x_val, y_val = as_float_inputs(x_val), np.asarray(y_val).astype(np.int64)
+    has_val = len(x_val) > 0
+
+    opt = Optimizer(network, config)
+    result = TrainResult()
+    start_epoch = 0
+    best = None  # (accuracy, epoch, weights)
+    if resume and checkpoint is not None:
+        state = sfio.load_checkpoint(checkpoint, network, opt, config)
+        if state is not None:
+            start_epoch = state["epoch"]
+            result.history = state["history"]
+            result.steps = opt.t
+            if state["best"] is not None:
+                best = state["best"]
+            log(f"resumed from {checkpoint} after epoch {start_epoch}")
+
+    steps_per_epoch = math.ceil(len(x) / config.batch_size)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
+                   unit="step", dynamic_ncols=True, leave=False, mininterval=0.5,
+                   disable=None)  # None: no bar when stderr is not a terminal
+    t0 = time.perf_counter()
+    grads = [(np.zeros(l.weight_shape, np.float32), np.zeros(l.bias_shape, np.float32))
+             for l in network.layers]
+    stopped = False
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            order = np.random.default_rng([config.seed, epoch]).permutation(len(x))
+            loss_sum = correct = seen = 0
+            for s in range(0, len(x), config.batch_size):
+                idx = order[s:s + config.batch_size]
+                for gw, gb in grads:
+                    gw.fill(0)
+                    gb.fill(0)
+                r = network.loss_and_grad(x[idx], y[idx], aw, uw, config.n_threads, grads)
+                if not math.isfinite(r.loss):
+                    raise TrainingError(
+                        f"loss is {r.loss} at step {opt.t + 1} (epoch {epoch + 1}); lower the "
+                        f"learning rate (lr={config.lr})")
+                opt.step(grads, learning_rate(config, opt.t, steps_per_epoch))
+                loss_sum += r.loss * len(idx)
+                correct += r.correct
+                seen += len(idx)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.4f}")
+            row = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen,
+                   "seconds": time.perf_counter() - t0}
+            if has_val:
+                row["val_accuracy"], row["val_loss"] = evaluate(network, x_val, y_val,
+                                                                config.n_threads)
+                if best is None or row["val_accuracy"] > best[0]:
+                    best = (row["val_accuracy"], epoch + 1,
+                            [(l.weight.copy(), l.bias.copy()) for l in network.layers])
+            result.history.append(row)
+            if config.patience is not None and has_val and epoch + 1 - best[1] >= config.patience:
+                stopped = True
+            if checkpoint is not None:  # an early stop is final: record it as the last epoch
+                sfio.save_checkpoint(checkpoint, network, opt, config,
+                                     config.epochs if stopped else epoch + 1, result.history, best)
+            log(_epoch_line(row))
+            if stopped:
+                log(f"early stop: no better validation accuracy for {config.patience} epochs")
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    result.seconds = time.perf_counter() - t0
+    result.steps = opt.t
+    if best is not None:
+        result.best_epoch = best[1]
+        if config.patience is not None:
+            for layer, (w, b) in zip(network.layers, best[2]):
+                layer.weight[...] = w
+                layer.bias[...] = b
+    return result
+
+
+def _epoch_line(row):
+    s = (f"epoch {row['epoch']:3d}  loss {row['loss']:.4f}  train acc "
+         f"{100 * row['train_accuracy']:.2f}%")
+    if "val_accuracy" in row:
+        s += f"  val acc {100 * row['val_accuracy']:.2f}%  val loss {row['val_loss']:.4f}"
+    return s + f"  [{row['seconds']:.0f}s]"

@@ -1,0 +1,57 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sparsefan import builders, cli, io
+
+
+def run(argv, capsys):
+    code = cli.main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("cmd", [[], ["train"], ["eval"], ["info"], ["demo"]])
+def test_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(cmd + ["--help"])
+    assert e.value.code == 0
+    assert "usage: sparsefan" in capsys.readouterr().out
+
+
+def test_module_entry_point():
+    r = subprocess.run([sys.executable, "-m", "sparsefan", "--help"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and "train" in r.stdout and "demo" in r.stdout
+
+
+def test_train_info_eval_on_embedded(tmp_path, capsys):
+    out = tmp_path / "m.npz"
+    code, text, _ = run(["train", "--data", "embedded", "--arch", "direct", "--units", "196",
+                         "--fan-in", "16", "--hidden", "4", "--epochs", "1", "--lr", "3e-2",
+                         "--quiet", "--out", str(out)], capsys)
+    assert code == 0 and "test accuracy" in text and out.exists()
+    net = io.load_model(out)
+    assert net.n_units == 196 and net.metadata["dataset"] == "embedded"
+    assert net.metadata["test_accuracy"] > 0.5
+    code, text, _ = run(["info", str(out)], capsys)
+    assert code == 0 and "196 output units" in text and "test_accuracy" in text
+    code, text, _ = run(["eval", str(out), "--data", "embedded"], capsys)
+    assert code == 0 and "test accuracy" in text
+
+
+def test_errors_are_messages_not_tracebacks(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"nope")
+    code, _, err = run(["info", str(bad)], capsys)
+    assert code == 2 and "not a sparsefan file" in err
+    code, _, err = run(["eval", str(tmp_path / "missing.npz"), "--data", "embedded"], capsys)
+    assert code == 2 and "error" in err
+
+
+def test_demo_runs_briefly(capsys):
+    code, text, _ = run(["demo", "--epochs", "1", "--quiet"], capsys)
+    assert code == 0
+    assert "test accuracy" in text and "single example" in text and "receptive field" in text
