@@ -21,9 +21,10 @@ def test_help(cmd, capsys):
     assert "usage: sparsefan" in capsys.readouterr().out
 
 
-def test_module_entry_point():
+def test_module_entry_point(tmp_path):
+    # run outside the source tree, so the installed package is the one imported
     r = subprocess.run([sys.executable, "-m", "sparsefan", "--help"], capture_output=True,
-                       text=True)
+                       text=True, cwd=tmp_path)
     assert r.returncode == 0 and "train" in r.stdout and "demo" in r.stdout
 
 
