@@ -212,12 +212,15 @@ class FanIn:
         return out
 
     def backward_fm(self, xt, dyt, yt=None, grad_input=None, grad_weight=None, grad_bias=None,
-                    need_input_grad=True, n_threads=None, check_finite=True):
+                    need_input_grad=True, n_threads=None, check_finite=True,
+                    need_param_grad=True):
         """Backward pass in the kernels' layout; gradients *accumulate* into given buffers.
 
         xt (n_in, c_in, B) is the forward input, dyt (n_out, c_out, B) the output gradient,
         yt (n_out, c_out, B) the forward output (needed for ReLU). Buffers not given are
         allocated as zeros. Returns :class:`Gradients` (input in the (n_in, c_in, B) layout).
+        With ``need_param_grad=False`` only the input gradient is computed (weight and bias
+        are None): the attacks' path.
         """
         xt = self._check_xt(xt, "xt", check_finite)
         batch = xt.shape[2]
@@ -231,8 +234,11 @@ class FanIn:
             dzt = np.empty_like(dyt)
             _kernels.relu_backward(dzt.reshape(-1), dyt.reshape(-1), yt.reshape(-1), n)
             dyt = dzt
-        grad_weight = self._grad_buffer(grad_weight, "grad_weight", self.weight_shape)
-        grad_bias = self._grad_buffer(grad_bias, "grad_bias", self.bias_shape)
+        if need_param_grad:
+            grad_weight = self._grad_buffer(grad_weight, "grad_weight", self.weight_shape)
+            grad_bias = self._grad_buffer(grad_bias, "grad_bias", self.bias_shape)
+        else:
+            grad_weight = grad_bias = None
         if need_input_grad:
             grad_input = self._grad_buffer(grad_input, "grad_input", xt.shape)
         else:
@@ -241,9 +247,10 @@ class FanIn:
             self._blas_backward(xt, dyt, grad_input, grad_weight, grad_bias)
             return Gradients(grad_input, grad_weight, grad_bias)
         conn = self.connectivity
-        _kernels.fanin_backward_params(grad_weight.reshape(-1), grad_bias.reshape(-1),
-                                       dyt.reshape(-1), xt.reshape(-1), conn.indptr,
-                                       conn.indices, self.c_in, self.c_out, batch, n)
+        if need_param_grad:
+            _kernels.fanin_backward_params(grad_weight.reshape(-1), grad_bias.reshape(-1),
+                                           dyt.reshape(-1), xt.reshape(-1), conn.indptr,
+                                           conn.indices, self.c_in, self.c_out, batch, n)
         if need_input_grad:
             t = conn.transpose()
             _kernels.fanin_backward_input(grad_input.reshape(-1), dyt.reshape(-1),
@@ -279,8 +286,9 @@ class FanIn:
 
     def _blas_backward(self, xt, dzt, grad_input, grad_weight, grad_bias):
         dz = dzt.reshape(self.c_out, -1)  # (c_out, batch), already through the ReLU
-        grad_weight.reshape(-1, self.c_out)[...] += self._gather(xt) @ dz.T
-        grad_bias.reshape(-1)[...] += dz.sum(axis=1)
+        if grad_weight is not None:
+            grad_weight.reshape(-1, self.c_out)[...] += self._gather(xt) @ dz.T
+            grad_bias.reshape(-1)[...] += dz.sum(axis=1)
         if grad_input is not None:
             dxg = (self._weight.reshape(-1, self.c_out) @ dz).reshape(-1, self.c_in, dz.shape[1])
             grad_input[self.connectivity.indices] += dxg  # a row never repeats an input

@@ -195,6 +195,23 @@ class Network:
         loss = aggregate_weight * loss_a + unit_weight * loss_u
         return StepResult(float(loss), float(loss_a), float(loss_u), correct, grads)
 
+    def input_gradient(self, x, objective, n_threads=None):
+        """Value and input gradient of ``objective`` through the C backward pass.
+
+        ``objective(Z)`` receives the per-unit logits Z (M, C, batch) (float32) and returns
+        ``(values (batch,), dZ)`` with dZ = d(sum of values)/dZ. Returns ``(values, grad)``
+        with grad of shape (batch, n_in), float32. No weight gradients are computed.
+        """
+        x = self._check_x(x, check_finite=False)
+        n = resolve_n_threads(n_threads)
+        acts = self.forward_fm(to_feature_major(x, n), n, keep=True)
+        values, dZ = objective(acts[-1])
+        dy = np.ascontiguousarray(dZ, dtype=np.float32)
+        for i in range(len(self.layers) - 1, -1, -1):
+            dy = self.layers[i].backward_fm(acts[i], dy, acts[i + 1], n_threads=n,
+                                            check_finite=False, need_param_grad=False).input
+        return values, np.ascontiguousarray(dy.reshape(self.n_in, -1).T)
+
     # -- description ---------------------------------------------------------------------------
 
     def summary_dict(self):

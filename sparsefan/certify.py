@@ -1,0 +1,212 @@
+"""Certified robustness: sound lower bounds on the perturbation needed to change a prediction.
+
+L0 (number of changed pixels, each free to take any value in [0, 1]):
+
+- ``vote``: D(i) = the output units whose receptive field contains input i. Changing the
+  inputs S changes at most the units in the union of D(i), i in S. Against class c, a changed
+  unit costs the vote margin n_y - n_c at most 2 if it votes y, 1 if it votes a third class and
+  0 if it votes c. The cost of input i is the sum over D(i); the certificate at radius r needs
+  the margin to exceed the sum of the r largest input costs, for every c. For disjoint
+  partitions (every D(i) a single unit) this is the exact worst case.
+- ``mean_prob``: a changed unit j moves p_jy - p_jc by at most 1 + p_jy - p_jc, i.e. the
+  margin pbar_y - pbar_c by at most (1 + p_jy - p_jc) / M; input costs add up as above.
+- ``mean_logits``: the per-pixel influence bound. For ReLU networks, changing input i by
+  delta moves unit j's logit difference z_jy - z_jc by at most G_jyc(i) |delta|, where G is the
+  backward pass of |W| through every layer starting from |W_head[:, :, y] - W_head[:, :, c]|
+  (triangle inequality; ReLU is 1-Lipschitz). A pixel can move by max(x_i, 1 - x_i); costs add
+  over pixels and units. Data-independent, computed once per network.
+
+L2: the margin S_y - S_c of mean logits is Lipschitz with constant at most
+||u_yc|| * prod_l Lip(layer l), where u_yc is the exact gradient of the head + mean w.r.t. the
+last hidden layer, and Lip(FanIn) <= sqrt(max_i sum_{j reads i} ||W_j||_2^2) (sparse wiring
+shrinks it). The certified radius is min_c margin_c / Lip_yc.
+
+Radii: the largest certified radius, -1 for a misclassified example. Ties in the aggregate go
+to the lowest class index, and the certificates account for it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from sparsefan import aggregate as agg
+from sparsefan.layers import FanIn
+
+
+def _fields_csr(network):
+    """(M, N) 0/1 sparse matrix: unit j reaches input i."""
+    return network.receptive_fields().to_scipy(np.ones(network.receptive_fields().nnz))
+
+
+def _radius_from_costs(margins, costs, y, n_classes, max_radius):
+    """Largest r with margin_c - (sum of the r largest costs_c) > 0 for all c != y (>= 0 is
+    enough when y < c, as ties go to the lower class). margins (C, B), costs (N, C, B)."""
+    N, C, B = costs.shape
+    r_max = min(N, max_radius)
+    radius = np.full(B, r_max, dtype=np.int64)
+    top = -np.sort(-costs, axis=0)[:r_max]  # (r_max, C, B), largest first
+    cum = np.cumsum(top, axis=0)
+    cols = np.arange(B)
+    for c in range(C):
+        m = margins[c]  # (B,) margin of y over c
+        slack = m[None, :] - cum[:, c, :]  # after r = 1..r_max changes
+        ok = slack > 0
+        ok |= (slack >= 0) & (y < c)[None, :]
+        # first failing r (1-based); certified up to r - 1
+        fail = ~ok
+        first = np.where(fail.any(axis=0), fail.argmax(axis=0), r_max)
+        radius = np.minimum(radius, np.where(y == c, r_max, first))
+    return radius
+
+
+def _wins(margins, y):
+    """Does y beat every class: margin > 0, or = 0 with y the lower index."""
+    C, B = margins.shape
+    ok = np.ones(B, bool)
+    for c in range(C):
+        ok &= (margins[c] > 0) | ((margins[c] >= 0) & (y <= c))
+    return ok
+
+
+def l0_radius(network, x, y, max_radius=200, method=None, n_threads=None):
+    """Certified L0 radius per example (int, -1 if misclassified). ``method`` defaults to the
+    network's aggregate: "vote", "mean_prob" or "mean_logits"."""
+    method = method or network.aggregate
+    x = np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
+    y = np.asarray(y).astype(np.int64)
+    Z = network.unit_logits(x, n_threads).astype(np.float64)  # (M, C, B)
+    M, C, B = Z.shape
+    cols = np.arange(B)
+    if method == "mean_logits":
+        if network.aggregate != "mean_logits":
+            raise ValueError("the influence certificate is for mean_logits networks")
+        S = Z.mean(axis=0)
+        margins = S[y, cols][None, :] - S
+        G = influence_bounds(network)  # (C, C, N)
+        room = np.maximum(x, 1 - x).T.astype(np.float64)  # (N, B)
+        costs = G[y].transpose(2, 1, 0) * room[:, None, :]  # (N, C, B)
+    else:
+        F = _fields_csr(network).T.tocsr()  # (N, M)
+        if method == "vote":
+            if network.aggregate != "vote":
+                raise ValueError("the vote certificate is for vote networks")
+            win = Z.argmax(axis=1)  # (M, B)
+            counts = np.stack([(win == c).sum(axis=0) for c in range(C)])  # (C, B)
+            margins = (counts[y, cols][None, :] - counts).astype(np.float64)
+            w = np.where(win[:, None, :] == y[None, None, :], 2.0,
+                         np.where(win[:, None, :] == np.arange(C)[None, :, None], 0.0, 1.0))
+        elif method == "mean_prob":
+            if network.aggregate != "mean_prob":
+                raise ValueError("the mean_prob certificate is for mean_prob networks")
+            P = agg.softmax(Z, axis=1)
+            pbar = P.mean(axis=0)
+            margins = pbar[y, cols][None, :] - pbar
+            w = (1.0 + P[:, y, cols][:, None, :] - P) / M  # (M, C, B)
+        else:
+            raise ValueError(f"method must be vote, mean_prob or mean_logits, got {method!r}")
+        costs = (F @ w.reshape(M, C * B)).reshape(-1, C, B)
+    radius = _radius_from_costs(margins, costs, y, C, max_radius)
+    return np.where(_wins(margins, y), radius, -1)
+
+
+def _abs_layer(layer, weight, c_out=None):
+    return FanIn(layer.connectivity, layer.c_in, c_out or layer.c_out, activation=None,
+                 weight=np.ascontiguousarray(weight, dtype=np.float32),
+                 bias=np.zeros((layer.n_out, c_out or layer.c_out), np.float32))
+
+
+def influence_bounds(network):
+    """G (C, C, N): G[y, c, i] bounds |d (S_y - S_c)| per unit change of input i, for mean
+    logits S (see the module docstring). Computed with the C backward kernels on |W|."""
+    if getattr(network, "_influence_cache", None) is not None:
+        return network._influence_cache
+    for layer in network.layers[:-1]:
+        if layer.activation not in (None, "relu"):
+            raise ValueError("influence bounds need ReLU or linear layers")
+    head = network.layers[-1]
+    C, M = network.n_classes, network.n_units
+    W = head.weight.astype(np.float64)  # (nnz, h, C)
+    pairs = [(a, b) for a in range(C) for b in range(C) if a != b]
+    # one backward pass with batch = pairs: column k carries pair k
+    diff = np.abs(W[:, :, [a for a, _ in pairs]] - W[:, :, [b for _, b in pairs]])
+    P = len(pairs)
+    hw = _abs_layer(head, np.zeros((head.connectivity.nnz, head.c_in, 1)), 1)
+    g = None
+    # head: g[i, h, k] = sum_{(j, p) reads i} diff[p, h, k] / M
+    t = head.connectivity.transpose()
+    contrib = diff[t.slots] / M  # (nnz, h, P) in transposed order
+    g = np.zeros((head.n_in, head.c_in, P))
+    counts = np.diff(t.indptr)
+    owner = np.repeat(np.arange(head.n_in), counts)
+    np.add.at(g, owner, contrib)
+    del hw
+    dy = np.ascontiguousarray(g, dtype=np.float32)
+    for layer in reversed(network.layers[:-1]):
+        a = _abs_layer(layer, np.abs(layer.weight))
+        xt = np.zeros((layer.n_in, layer.c_in, P), np.float32)
+        dy = a.backward_fm(xt, dy, need_param_grad=False, check_finite=False).input
+    G = np.zeros((C, C, network.n_in))
+    for k, (a, b) in enumerate(pairs):
+        G[a, b] = dy[:, 0, k]
+    network._influence_cache = G
+    return G
+
+
+# -- L2 --------------------------------------------------------------------------------------------
+
+def layer_lipschitz(layer):
+    """Upper bound on the L2 Lipschitz constant of a FanIn layer (ReLU included, 1-Lipschitz):
+    sqrt(max_i sum_{j reads i} ||W_j||_2^2), W_j the unit's (fan_in * c_in) x c_out block."""
+    conn = layer.connectivity
+    fan = conn.fan_in()
+    sq = np.zeros(conn.n_out)
+    W = layer.weight.astype(np.float64)
+    for k in np.unique(fan):
+        rows = np.flatnonzero(fan == k)
+        if k == 0:
+            continue
+        starts = conn.indptr[rows]
+        idx = starts[:, None] + np.arange(k)[None, :]
+        blocks = W[idx].reshape(len(rows), k * layer.c_in, layer.c_out)
+        sq[rows] = np.linalg.norm(blocks, ord=2, axis=(1, 2)) ** 2
+    per_input = np.bincount(conn.indices, weights=sq[conn.row_of_connection()],
+                            minlength=conn.n_in)
+    return float(np.sqrt(per_input.max()))
+
+
+def lipschitz_margin_bounds(network):
+    """L (C, C): L[y, c] bounds the L2 Lipschitz constant of S_y - S_c (mean logits)."""
+    if network.aggregate != "mean_logits":
+        raise ValueError("L2 certificates are implemented for mean_logits networks")
+    head = network.layers[-1]
+    C, M = network.n_classes, network.n_units
+    body = 1.0
+    for layer in network.layers[:-1]:
+        body *= layer_lipschitz(layer)
+    W = head.weight.astype(np.float64)  # (nnz, h, C)
+    owner = head.connectivity.indices
+    L = np.zeros((C, C))
+    for a in range(C):
+        for b in range(C):
+            if a == b:
+                continue
+            u = np.zeros((head.n_in, head.c_in))
+            np.add.at(u, owner, (W[:, :, a] - W[:, :, b]) / M)
+            L[a, b] = np.linalg.norm(u) * body
+    return L
+
+
+def l2_radius(network, x, y, n_threads=None):
+    """Certified L2 radius per example (float, -1 if misclassified), mean_logits networks."""
+    L = lipschitz_margin_bounds(network)
+    x = np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
+    y = np.asarray(y).astype(np.int64)
+    Z = network.unit_logits(x, n_threads).astype(np.float64)
+    S = Z.mean(axis=0)
+    B = len(y)
+    cols = np.arange(B)
+    margins = S[y, cols][None, :] - S  # (C, B)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(np.arange(network.n_classes)[:, None] == y[None, :], np.inf,
+                     margins / L[y].T)
+    radius = np.maximum(r.min(axis=0), 0.0)
+    return np.where(_wins(margins, y), radius, -1.0)
