@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -142,6 +143,28 @@ def cmd_demo(args):
     return 0
 
 
+def cmd_robustness(args):
+    from sparsefan import io, report
+    from sparsefan.train import as_float_inputs
+
+    _, _, x_test, y_test = _load(args)
+    rng = np.random.default_rng(args.seed)
+    pick = np.sort(rng.choice(len(x_test), min(args.n, len(x_test)), replace=False))
+    x = as_float_inputs(x_test[pick])
+    y = y_test[pick].astype(np.int64)
+    results = []
+    for path in args.models:
+        net = io.load_model(path)
+        print(f"{path}: {net.name}")
+        r = report.evaluate_model(net, x, y, ddn_steps=args.ddn_steps,
+                                  rs_queries=args.rs_queries, n_threads=args.threads)
+        r["label"] = os.path.splitext(os.path.basename(path))[0]
+        results.append(r)
+    text = report.write_report(results, args.out, "sparsefan " + " ".join(sys.argv[1:]))
+    print(text)
+    return 0 if all(r["violations"] == 0 for r in results) else 1
+
+
 def make_parser():
     parser = argparse.ArgumentParser(
         prog="sparsefan", description="Fixed fan-in sparse neural networks on CPUs.")
@@ -187,6 +210,18 @@ def make_parser():
     p = sub.add_parser("info", help="summary of a model file")
     p.add_argument("model")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("robustness", help="attacks and certificates for model files",
+                       description="Run every attack and certificate on each model and write "
+                                   "a Markdown report with PNG plots.")
+    p.add_argument("models", nargs="+", help="model files")
+    _add_data_args(p)
+    p.add_argument("--n", type=int, default=500, help="test images (seeded sample)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ddn-steps", type=int, default=100)
+    p.add_argument("--rs-queries", type=int, default=100)
+    p.add_argument("--out", required=True, help="output directory for report.md and plots")
+    p.set_defaults(func=cmd_robustness)
 
     p = sub.add_parser("demo", help="train a fan-in network on the embedded MNIST subset",
                        description="Train a 2N-unit fan-in network on the embedded MNIST subset "

@@ -56,3 +56,20 @@ def test_demo_runs_briefly(capsys):
     code, text, _ = run(["demo", "--epochs", "1", "--quiet"], capsys)
     assert code == 0
     assert "test accuracy" in text and "single example" in text and "receptive field" in text
+
+
+def test_robustness_report(tmp_path, capsys):
+    model = tmp_path / "m.npz"
+    net = builders.direct((28, 28), 10, n_units=98, fan_in=9, hidden=(4,), seed=0)
+    io.save_model(net, model)
+    out = tmp_path / "report"
+    code, text, _ = run(["robustness", str(model), "--data", "embedded", "--n", "12",
+                         "--ddn-steps", "5", "--rs-queries", "3", "--out", str(out)], capsys)
+    assert code == 0  # no attack beat a certificate
+    report = (out / "report.md").read_text()
+    assert "| m | mean_logits |" in report
+    import json
+
+    res = json.loads((out / "results.json").read_text())
+    assert res[0]["n"] == 12 and res[0]["violations"] == 0
+    assert set(res[0]["certified_l0"]) >= {"0", "4", "8", "12"}
