@@ -17,9 +17,9 @@ import time
 DESIGNS = {
     "dense_mlp": "--arch dense_mlp --hidden 256,256 --epochs 20 --lr 1e-3",
     "direct": "--arch direct --wiring gaussian --fan-in 85 --hidden 32 --epochs 10 --lr 1e-2",
-    "hierarchy2": "--arch hierarchy --levels 2 --wiring gaussian --hidden 8,16 --epochs 10 "
+    "hierarchy2": "--arch hierarchy --levels 2 --wiring gaussian --hidden 8,16 --epochs 6 "
                   "--lr 1e-2",
-    "hierarchy3": "--arch hierarchy --levels 3 --wiring gaussian --hidden 8,16,16 --epochs 10 "
+    "hierarchy3": "--arch hierarchy --levels 3 --wiring gaussian --hidden 8,16,16 --epochs 6 "
                   "--lr 1e-2",
     "partition_ensemble": "--arch partition_ensemble --fan-in 13 --hidden 32 --epochs 10 "
                           "--lr 1e-2",

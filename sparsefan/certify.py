@@ -67,9 +67,11 @@ def _wins(margins, y):
     return ok
 
 
-def l0_radius(network, x, y, max_radius=200, method=None, n_threads=None):
+def l0_radius(network, x, y, max_radius=200, method=None, n_threads=None, refine=True):
     """Certified L0 radius per example (int, -1 if misclassified). ``method`` defaults to the
-    network's aggregate: "vote", "mean_prob" or "mean_logits"."""
+    network's aggregate: "vote", "mean_prob" or "mean_logits". ``refine`` (default) charges
+    each unit only the share of its effect an input can buy (see ``_unit_fractions``), where
+    the network allows it; ``refine=False`` charges every unit in D(i) in full."""
     method = method or network.aggregate
     x = np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
     y = np.asarray(y).astype(np.int64)
@@ -85,7 +87,6 @@ def l0_radius(network, x, y, max_radius=200, method=None, n_threads=None):
         room = np.maximum(x, 1 - x).T.astype(np.float64)  # (N, B)
         costs = G[y].transpose(2, 1, 0) * room[:, None, :]  # (N, C, B)
     else:
-        F = _fields_csr(network).T.tocsr()  # (N, M)
         if method == "vote":
             if network.aggregate != "vote":
                 raise ValueError("the vote certificate is for vote networks")
@@ -103,9 +104,99 @@ def l0_radius(network, x, y, max_radius=200, method=None, n_threads=None):
             w = (1.0 + P[:, y, cols][:, None, :] - P) / M  # (M, C, B)
         else:
             raise ValueError(f"method must be vote, mean_prob or mean_logits, got {method!r}")
-        costs = (F @ w.reshape(M, C * B)).reshape(-1, C, B)
+        frac = _unit_fractions(network, x, Z, y, method) if refine else None
+        if frac is None:
+            F = _fields_csr(network).T.tocsr()  # (N, M)
+            costs = (F @ w.reshape(M, C * B)).reshape(-1, C, B)
+        else:
+            # connection p = (unit j, input i) charges w_j * frac_p to input i
+            conn = network.layers[0].connectivity
+            owner = conn.row_of_connection()
+            charge = w[owner] * frac  # (nnz, C, B)
+            costs = np.zeros((network.n_in, C, B))
+            np.add.at(costs, conn.indices, charge)
     radius = _radius_from_costs(margins, costs, y, C, max_radius)
     return np.where(_wins(margins, y), radius, -1)
+
+
+def single_mixing_layer(network):
+    """True when only the first layer mixes units: every later layer reads unit j from unit j
+    (identity connectivity). Then each output unit is a function of its own receptive field
+    through its own weights, and influences can be kept per (unit, input) connection."""
+    first = network.layers[0].connectivity
+    for layer in network.layers[1:]:
+        c = layer.connectivity
+        if c.n_in != first.n_out or c.n_out != first.n_out or c.k != 1 or not np.array_equal(
+                c.indices, np.arange(c.n_out)):
+            return False
+    return True
+
+
+def connection_influence(network):
+    """For single-mixing-layer ReLU networks: A (nnz, C, C) and A1 (nnz, C), where A[p, a, b]
+    bounds |d(z_ja - z_jb)| and A1[p, m] bounds |d z_jm| per unit change of the input that
+    connection p = (unit j, input i) reads. Products of |W| along the unit's own layers."""
+    cached = getattr(network, "_connection_influence", None)
+    if cached is not None:
+        return cached
+    layers = network.layers
+    first, head = layers[0], layers[-1]
+    C = network.n_classes
+    Wh = head.weight.astype(np.float64)[:, :, :]  # (M, h, C): identity head, one block per unit
+    pair = np.abs(Wh[:, :, :, None] - Wh[:, :, None, :])  # (M, h, C, C)
+    single = np.abs(Wh)  # (M, h, C)
+    for layer in reversed(layers[1:-1]):
+        Wa = np.abs(layer.weight.astype(np.float64))  # (M, c_in, c_out)
+        pair = np.einsum("mio,mocd->micd", Wa, pair)
+        single = np.einsum("mio,moc->mic", Wa, single)
+    owner = first.connectivity.row_of_connection()
+    W0 = np.abs(first.weight.astype(np.float64))[:, 0, :]  # (nnz, h0), c_in = 1
+    A = np.einsum("ph,phcd->pcd", W0, pair[owner])
+    A1 = np.einsum("ph,phc->pc", W0, single[owner])
+    network._connection_influence = (A, A1)
+    return A, A1
+
+
+def _unit_fractions(network, x, Z, y, method):
+    """frac (nnz, C or 1, B) in [0, 1]: the share of unit j's worst-case effect on the margin
+    against class c that changing connection p's input can buy; None when the network is not
+    single-mixing-layer (then every unit in D(i) is charged in full).
+
+    vote: unit j (voting v) changes its vote only if, for some m, the changed inputs move
+    z_v - z_m by its margin z_v - z_m; so sum_{i in S} max_m A[p, v, m] room_i / margin_m >= 1
+    for every unit that flips, and charging min(1, that ratio) per connection is sound.
+    mean_prob: p_y - p_c of a unit moves by at most max_m |dz_m| (the softmax Jacobian has
+    absolute row sums <= 1/2) <= sum_i max_m A1[p, m] room_i, and by at most its cap
+    1 + p_y - p_c; min(a + b, cap) <= min(a, cap) + min(b, cap) makes the per-input charge
+    cap * min(1, delta_p / cap) sound.
+    """
+    if not single_mixing_layer(network):
+        return None
+    if any(layer.activation not in (None, "relu") for layer in network.layers):
+        return None
+    A, A1 = connection_influence(network)
+    conn = network.layers[0].connectivity
+    owner = conn.row_of_connection()
+    nnz = len(owner)
+    room = np.maximum(x, 1 - x).astype(np.float64).T[conn.indices]  # (nnz, B)
+    Zp = Z[owner]  # (nnz, C, B)
+    if method == "vote":
+        v = Zp.argmax(axis=1)  # (nnz, B): the unit's vote
+        zv = np.take_along_axis(Zp, v[:, None, :], axis=1)  # (nnz, 1, B)
+        margin = zv - Zp  # (nnz, C, B)
+        Av = A[np.arange(nnz)[:, None], v].transpose(0, 2, 1)  # (nnz, C=m, B): |d(z_v - z_m)|
+        need = Av * room[:, None, :]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(margin > 0, need / margin, np.where(need > 0, np.inf, 0.0))
+        is_v = np.arange(Z.shape[1])[None, :, None] == v[:, None, :]
+        ratio = np.where(is_v, 0.0, ratio)
+        return np.minimum(1.0, ratio.max(axis=1))[:, None, :]
+    P = agg.softmax(Zp, axis=1)  # (nnz, C, B)
+    cols = np.arange(Z.shape[2])
+    cap = 1.0 + P[:, y, cols][:, None, :] - P  # (nnz, C, B)
+    delta = (A1.max(axis=1)[:, None] * room)[:, None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(cap > 0, np.minimum(1.0, delta / cap), 0.0)
 
 
 def _abs_layer(layer, weight, c_out=None):

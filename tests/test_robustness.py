@@ -197,3 +197,34 @@ def test_attack_input_validation(fanin_model):
         attacks.ddn(fanin_model, np.zeros((2, 783)), np.zeros(2))
     with pytest.raises(ValueError, match="norm must be"):
         attacks.pgd(fanin_model, np.zeros((2, 784)), np.zeros(2), 1.0, norm="l1")
+
+
+@pytest.mark.parametrize("aggregate", ["vote", "mean_prob"])
+def test_refined_charge_is_sound_where_it_helps(aggregate):
+    """Units with a large own margin and small weights cannot be flipped by a few pixels: the
+    per-connection charge certifies more than the out-degree bound, and brute force agrees."""
+    rng = np.random.default_rng(0)
+    net = builders.direct(SHAPE, 3, n_units=12, fan_in=3, wiring="partitions", hidden=(3,),
+                          aggregate=aggregate, seed=7)
+    first, head = net.layers
+    first.weight = (0.3 * rng.standard_normal(first.weight_shape)).astype(np.float32)
+    head.weight = (0.3 * rng.standard_normal(head.weight_shape)).astype(np.float32)
+    bias = np.zeros(head.bias_shape, np.float32)
+    bias[:, 0] = rng.uniform(0.0, 2.5, 12)  # units lean to class 0 by different amounts
+    head.bias = bias
+    x = rng.random((60, 12)).astype(np.float32)
+    y = np.zeros(60, np.int64)
+    plain = certify.l0_radius(net, x, y, refine=False)
+    refined = certify.l0_radius(net, x, y)
+    assert (refined >= plain).all() and (refined > plain).any()
+    grid = np.array([0.0, 0.5, 1.0], np.float32)
+    for b in np.flatnonzero(refined >= 1)[:10]:
+        r = min(int(refined[b]), 3)
+        variants = []
+        for size in range(1, r + 1):
+            for pix in itertools.combinations(range(12), size):
+                for vals in itertools.product(grid, repeat=size):
+                    v = x[b].copy()
+                    v[list(pix)] = vals
+                    variants.append(v)
+        assert (net.predict(np.array(variants, np.float32)) == 0).all()
