@@ -99,3 +99,86 @@ def run_harness(exe, network, x, env=None):
     logits = np.fromfile(paths[2], dtype="<f4").reshape(n, M, C).transpose(1, 2, 0)
     classes = np.fromfile(paths[3], dtype=np.intc)
     return scores, logits, classes
+
+
+def zoo():
+    """Every builder's network (small), every aggregate, ragged and empty rows, and index
+    tables that need uint8, uint16 and uint32: {id: Network}."""
+    import sparsefan as sf
+    from sparsefan import builders
+    from sparsefan.layers import FanIn
+    from sparsefan.network import Network
+
+    r = np.random.default_rng(3)
+    rows = [r.choice(144, size=r.integers(0, 12), replace=False) for _ in range(40)]
+    rows[5] = []  # an empty row: the unit outputs its bias
+    ragged = Network([FanIn(sf.Connectivity.from_rows(144, rows), 1, 6, "relu", seed=1),
+                      FanIn(sf.Connectivity.random(40, 30, 4, seed=2), 6, 3, seed=2)],
+                     3, "mean_logits", (12, 12), name="ragged")
+    for layer in ragged.layers:
+        layer.bias[...] = r.normal(size=layer.bias.shape).astype(np.float32)
+    return {
+        "direct": builders.direct(input_shape=(12, 12), n_units=50, fan_in=10, hidden=(8, 4),
+                                  seed=1),
+        "direct-mean_prob": builders.direct(input_shape=(12, 12), n_units=30, fan_in=10,
+                                            hidden=(8,), aggregate="mean_prob",
+                                            wiring="random", seed=1),
+        "direct-vote": builders.direct(input_shape=(12, 12), n_units=40, fan_in=12,
+                                       hidden=(6,), aggregate="vote", wiring="partitions",
+                                       seed=2),
+        "hierarchy": builders.hierarchy(input_shape=(12, 12), levels=2, n_units=60,
+                                        channels=(4, 6), head_hidden=(5,), seed=2),
+        "hierarchy-3": builders.hierarchy(input_shape=(12, 12), levels=3, n_units=40,
+                                          wiring="partitions", channels=(3, 4, 4), seed=3),
+        "partition_ensemble": builders.partition_ensemble(input_shape=(12, 12), part_size=13,
+                                                          hidden=(8,)),
+        "dense_mlp": builders.dense_mlp(input_shape=(12, 12), hidden=(16, 8)),
+        "ragged": ragged,
+        # 784 inputs (uint16 indices) and 70,560 connections (uint32 indptr)
+        "direct-28x28": builders.direct(input_shape=(28, 28), n_units=1568, fan_in=45,
+                                        hidden=(2,), seed=4),
+    }
+
+
+def inputs(network, n, seed=0):
+    return np.random.default_rng(seed).random((n, network.n_in), dtype=np.float32)
+
+
+_TRAINED = {}
+
+
+def trained_mnist():
+    """A small direct network trained briefly on the embedded MNIST subset (cached), and the
+    subset as float32: (network, x_train, y_train, x_test, y_test)."""
+    if not _TRAINED:
+        from sparsefan import builders, datasets
+        from sparsefan.train import TrainConfig, as_float_inputs, train
+
+        xtr, ytr, xte, yte = datasets.load_embedded()
+        xtr, xte = as_float_inputs(xtr), as_float_inputs(xte)
+        ytr, yte = ytr.astype(np.int64), yte.astype(np.int64)
+        net = builders.direct(input_shape=(28, 28), n_units=196, fan_in=28, hidden=(8,),
+                              seed=0)
+        train(net, xtr[:6000], ytr[:6000], TrainConfig(epochs=1, batch_size=64, lr=3e-2,
+                                                       seed=0),
+              progress=False, log=lambda *a, **k: None)
+        _TRAINED["v"] = (net, xtr, ytr, xte, yte)
+    return _TRAINED["v"]
+
+
+def sanitizers_work(cc="cc"):
+    """True if ``cc`` can build and run a program with -fsanitize=address,undefined."""
+    import tempfile
+
+    if compiler(cc) is None:
+        return False
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "t.c")
+        with open(src, "w") as f:
+            f.write("int main(void) { return 0; }\n")
+        exe = os.path.join(d, "t")
+        p = subprocess.run([cc, "-fsanitize=address,undefined", src, "-o", exe],
+                           capture_output=True)
+        if p.returncode != 0:
+            return False
+        return subprocess.run([exe], capture_output=True).returncode == 0
