@@ -3,7 +3,7 @@
  *
  * Pure C99 for microcontrollers: no malloc, no stdio, no OpenMP, no threads. The caller owns all
  * memory (input, output and a scratch area). The only libm functions used are expf and logf, by
- * the mean_prob aggregation alone (link with -lm where the toolchain needs it).
+ * the mean_prob aggregation alone; they are referenced in any case, so link with -lm.
  *
  * `sparsefan export --format c` writes NAME.h / NAME.c holding a model's tables as const arrays
  * and one sf_model descriptor; NAME_predict() and friends call the functions below. This file

@@ -194,9 +194,10 @@ def generate(model, name):
  *   input     {network.n_in} floats{' ' + str(tuple(network.input_shape)) if len(network.input_shape) > 1 else ''}, scaled as in training
  *   output    {network.n_units} units x {network.n_classes} classes, aggregate {network.aggregate}
  *
- * Build NAME.c together with sf_runtime.c (same directory); link with -lm when the aggregate is
- * mean_prob. No malloc, no stdio: the caller passes a scratch area of {up}_SCRATCH_BYTES bytes,
- * aligned for float; declaring it as `static float scratch[{up}_SCRATCH_FLOATS];` does both.
+ * Build {name}.c together with sf_runtime.c (same directory) and link with -lm (the runtime
+ * calls expf/logf for mean_prob models). No malloc, no stdio: the caller passes a scratch area
+ * of {up}_SCRATCH_BYTES bytes, aligned for float; declaring it as
+ * `static float scratch[{up}_SCRATCH_FLOATS];` does both.
  * Every function returns SF_OK (0) or a negative SF_ERR_* code (sf_runtime.h).
  */
 #ifndef {up}_H
