@@ -1,4 +1,4 @@
-"""The ``sparsefan`` command: train, eval, info, demo."""
+"""The ``sparsefan`` command: train, eval, info, demo, export."""
 from __future__ import annotations
 
 import argparse
@@ -165,6 +165,94 @@ def cmd_robustness(args):
     return 0 if all(r["violations"] == 0 for r in results) else 1
 
 
+def _calibration_inputs(spec, network, data_dir=None):
+    """--calibration: a .npy file of inputs (float, or uint8 images scaled to [0, 1]), or
+    'embedded[:N]' / 'mnist[:N]' for the first N training images (default 1000)."""
+    from sparsefan import datasets
+    from sparsefan.train import as_float_inputs
+
+    source, _, count = spec.partition(":")
+    if source in ("embedded", "mnist"):
+        try:
+            n = int(count) if count else 1000
+        except ValueError:
+            raise ValueError(f"--calibration {spec!r}: the count after ':' must be an int") \
+                from None
+        if n < 1:
+            raise ValueError(f"--calibration {spec!r}: the count must be >= 1")
+        x = (datasets.load_embedded() if source == "embedded"
+             else datasets.load("mnist", data_dir))[0][:n]
+    else:
+        if not spec.endswith(".npy"):
+            raise ValueError(f"--calibration must be a .npy file or embedded[:N] / mnist[:N], "
+                             f"got {spec!r}")
+        x = np.load(spec, allow_pickle=False)
+    if len(x) and x[0].size != network.n_in:
+        raise ValueError(f"calibration inputs hold {x[0].size} values each; the model reads "
+                         f"{network.n_in}")
+    return as_float_inputs(x)
+
+
+def _default_c_name(model_path):
+    import os
+    import re
+
+    stem = os.path.splitext(os.path.basename(model_path))[0]
+    name = re.sub(r"[^A-Za-z0-9_]", "_", stem) or "model"
+    return "m_" + name if name[0].isdigit() else name
+
+
+def _print_footprint(label, fp, arm):
+    print(f"{label}: flash (const tables) {fp.const_bytes:,} bytes, RAM (scratch) "
+          f"{fp.scratch_bytes:,} bytes")
+    if arm is not None:
+        t = arm["total"]
+        print(f"  Cortex-M4 (arm-none-eabi-gcc -mcpu=cortex-m4 -mthumb -Os): .text {t['.text']:,}"
+              f"  .rodata {t['.rodata']:,}  .data {t['.data']:,}  .bss {t['.bss']:,} bytes")
+
+
+def cmd_export(args):
+    import os
+
+    from sparsefan import export, io
+
+    if args.quantize and args.format != "c":
+        raise ValueError("--quantize int8 applies to the C export only")
+    if args.quantize and not args.calibration:
+        raise ValueError("--quantize int8 needs --calibration (a .npy of inputs, or "
+                         "embedded[:N] / mnist[:N])")
+    if not os.path.isfile(args.model):
+        raise FileNotFoundError(f"model file {args.model!r} not found")
+    net = io.load_model(args.model)
+    name = export.check_name(args.name or _default_c_name(args.model))
+    if args.format == "onnx":
+        os.makedirs(args.out_dir, exist_ok=True)
+        path = export.export_onnx(net, os.path.join(args.out_dir, f"{name}.onnx"))
+        print(f"wrote {path} (opset 17, dynamic batch; outputs scores, logits, label)")
+        return 0
+    model = net
+    if args.quantize:
+        calib = _calibration_inputs(args.calibration, net, args.data_dir)
+        model = export.quantize_int8(net, calib, percentile=args.percentile)
+        print(f"int8: calibrated on {len(calib)} inputs (percentile {args.percentile:g})")
+    written = export.export_c(model, args.out_dir, name)
+    print("wrote " + ", ".join(written.files))
+    arm = export.measure_cortex_m4(written) if args.cortex_m4 else None
+    _print_footprint("int8" if args.quantize else "float32", written.footprint, arm)
+    if args.quantize:
+        _print_footprint("float32 (for comparison)", export.footprint(net), None)
+        if net.n_in == 784 and not args.no_eval:
+            from sparsefan.train import as_float_inputs
+
+            _, _, x_test, y_test = _load(args)
+            xt, yt = as_float_inputs(x_test), y_test.astype(np.int64)
+            acc_f = float((net.predict(xt) == yt).mean())
+            acc_q = float((model.predict(xt) == yt).mean())
+            print(f"test accuracy on {len(xt)} images ({args.data}): float32 {100 * acc_f:.2f}%,"
+                  f" int8 {100 * acc_q:.2f}% (change {100 * (acc_q - acc_f):+.2f} points)")
+    return 0
+
+
 def make_parser():
     parser = argparse.ArgumentParser(
         prog="sparsefan", description="Fixed fan-in sparse neural networks on CPUs.")
@@ -232,6 +320,31 @@ def make_parser():
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out", default=None, help="also save the model here")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("export", help="export a model file to C99 or ONNX",
+                       description="Write NAME.h / NAME.c and the runtime sf_runtime.h / .c "
+                                   "(--format c), or NAME.onnx (--format onnx), into OUT_DIR; "
+                                   "print the flash and RAM footprint of a C export.")
+    p.add_argument("--format", choices=("c", "onnx"), default="c")
+    p.add_argument("model", help="model file (.npz) written by `sparsefan train`")
+    p.add_argument("out_dir", help="output directory (created if needed)")
+    p.add_argument("--name", default=None,
+                   help="C identifier: file names and symbol prefix (default: the model file's "
+                        "name)")
+    p.add_argument("--quantize", choices=("int8",), default=None,
+                   help="int8 weights and activations (C export)")
+    p.add_argument("--calibration", default=None,
+                   help="inputs for the int8 activation scales: a .npy file, or embedded[:N] / "
+                        "mnist[:N] (the first N training images; default N 1000)")
+    p.add_argument("--percentile", type=float, default=100.0,
+                   help="activation scales cover this percentile of |activation| (default 100)")
+    p.add_argument("--no-eval", action="store_true",
+                   help="skip the float32 vs int8 test accuracy report")
+    p.add_argument("--cortex-m4", action="store_true",
+                   help="also compile for a Cortex-M4 with arm-none-eabi-gcc (if installed) and "
+                        "print the section sizes")
+    _add_data_args(p)
+    p.set_defaults(func=cmd_export, data="embedded")
     return parser
 
 
@@ -243,6 +356,11 @@ def main(argv=None):
     try:
         return args.func(args)
     except (DatasetError, ModelFileError, FileNotFoundError) as e:
+        print(f"sparsefan {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, OSError, ImportError, RuntimeError) as e:
+        if args.command != "export":
+            raise
         print(f"sparsefan {args.command}: error: {e}", file=sys.stderr)
         return 2
 
