@@ -24,6 +24,18 @@ def tiny_task(n, seed):
     return x, y
 
 
+def l0_neighbours(x, r, grid=(0.0, 0.5, 1.0)):
+    """Every copy of x with 1..r pixels set to values from ``grid`` (float32 array)."""
+    variants = []
+    for size in range(1, r + 1):
+        for pix in itertools.combinations(range(len(x)), size):
+            for vals in itertools.product(grid, repeat=size):
+                v = x.copy()
+                v[list(pix)] = vals
+                variants.append(v)
+    return np.array(variants, np.float32)
+
+
 TINY = {
     "direct_mean_logits": lambda: builders.direct(SHAPE, 3, n_units=10, fan_in=4, hidden=(4,),
                                                   seed=1),
@@ -57,18 +69,10 @@ def test_l0_certificate_survives_brute_force(name):
     assert np.array_equal(radius >= 0, pred == y)
     certified = np.flatnonzero(radius >= 1)[:25]
     assert certified.size >= 3, f"too few certified examples to test ({radius.tolist()})"
-    grid = np.array([0.0, 0.5, 1.0], np.float32)
     checked = 0
     for b in certified:
         r = min(int(radius[b]), 3)
-        variants = []
-        for size in range(1, r + 1):
-            for pix in itertools.combinations(range(12), size):
-                for vals in itertools.product(grid, repeat=size):
-                    v = x[b].copy()
-                    v[list(pix)] = vals
-                    variants.append(v)
-        variants = np.array(variants, np.float32)
+        variants = l0_neighbours(x[b], r)
         assert (net.predict(variants) == y[b]).all(), f"example {b} flipped within r={r}"
         checked += len(variants)
     assert checked > 100
@@ -217,14 +221,5 @@ def test_refined_charge_is_sound_where_it_helps(aggregate):
     plain = certify.l0_radius(net, x, y, refine=False)
     refined = certify.l0_radius(net, x, y)
     assert (refined >= plain).all() and (refined > plain).any()
-    grid = np.array([0.0, 0.5, 1.0], np.float32)
     for b in np.flatnonzero(refined >= 1)[:10]:
-        r = min(int(refined[b]), 3)
-        variants = []
-        for size in range(1, r + 1):
-            for pix in itertools.combinations(range(12), size):
-                for vals in itertools.product(grid, repeat=size):
-                    v = x[b].copy()
-                    v[list(pix)] = vals
-                    variants.append(v)
-        assert (net.predict(np.array(variants, np.float32)) == 0).all()
+        assert (net.predict(l0_neighbours(x[b], min(int(refined[b]), 3))) == 0).all()
