@@ -11,6 +11,21 @@ from sparsefan import _kernels
 from sparsefan._threads import resolve_n_threads
 from sparsefan._validation import check_array
 
+# Feature-major activations are gathered one batch vector at a time; vector loads that straddle two
+# cache lines cost the kernels up to a third of their speed, so the arrays this package allocates
+# start on a cache-line boundary (so does every row when the batch is a multiple of 16).
+ALIGNMENT = 64
+
+
+def empty_aligned(shape, zero=False):
+    """A C-contiguous float32 array of ``shape`` starting on a 64-byte boundary."""
+    shape = tuple(int(s) for s in np.atleast_1d(shape))
+    n = int(np.prod(shape, dtype=np.int64))
+    pad = ALIGNMENT // 4
+    buf = np.zeros(n + pad, np.float32) if zero else np.empty(n + pad, np.float32)
+    start = (-buf.ctypes.data % ALIGNMENT) // 4
+    return buf[start:start + n].reshape(shape)
+
 
 def to_feature_major(x, n_threads=None):
     """``(batch, units)`` or ``(batch, units, channels)`` float32 -> ``(units, channels, batch)``.
@@ -21,7 +36,7 @@ def to_feature_major(x, n_threads=None):
     n = resolve_n_threads(n_threads)
     batch = x.shape[0]
     feats = x.shape[1:] if x.ndim == 3 else (x.shape[1], 1)
-    out = np.empty(feats + (batch,), dtype=np.float32)
+    out = empty_aligned(feats + (batch,))
     _kernels.transpose(out.reshape(-1), x.reshape(-1), batch, int(np.prod(feats)), n)
     return out
 
@@ -34,7 +49,7 @@ def from_feature_major(xt, squeeze_channels=False, n_threads=None):
     check_array(xt, "xt", np.float32, ndim=3)
     n = resolve_n_threads(n_threads)
     units, channels, batch = xt.shape
-    out = np.empty((batch, units, channels), dtype=np.float32)
+    out = empty_aligned((batch, units, channels))
     _kernels.transpose(out.reshape(-1), xt.reshape(-1), units * channels, batch, n)
     if squeeze_channels:
         if channels != 1:

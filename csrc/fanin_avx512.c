@@ -1,0 +1,43 @@
+/*
+ * sparsefan: the AVX-512F kernel variant (x86-64 with GCC or clang; chosen at run time by
+ * csrc/fanin.c when the CPU and OS support AVX-512F). Built without -mavx512f: the target
+ * attribute enables the instructions for these functions only.
+ */
+#include "fanin_kernels.h"
+
+#ifdef SF_X86_DISPATCH
+
+#include <immintrin.h>
+
+#define SF_VARIANT avx512
+#define SF_VARIANT_NAME "avx512"
+#define SF_ATTR __attribute__((target("avx512f,avx2,fma")))
+#define SF_HAVE_AVX 1
+
+typedef __m512 vf;
+#define VL 16
+
+#define SF_MASK16(n) ((__mmask16)((1u << (n)) - 1u))
+#define V_ZERO() _mm512_setzero_ps()
+#define V_SET1(a) _mm512_set1_ps(a)
+#define V_LOAD(p) _mm512_loadu_ps(p)
+#define V_STORE(p, v) _mm512_storeu_ps(p, v)
+#define V_LOADN(p, n) _mm512_maskz_loadu_ps(SF_MASK16(n), p)
+#define V_STOREN(p, v, n) _mm512_mask_storeu_ps(p, SF_MASK16(n), v)
+#define V_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define V_ADD(a, b) _mm512_add_ps(a, b)
+#define V_RELU(v) _mm512_max_ps(_mm512_setzero_ps(), v) /* NaN in v is returned */
+#define V_HSUM(v) _mm512_reduce_add_ps(v)
+
+#define SF_T1 8
+#define SF_TC 4
+#define SF_OC 4
+#define SF_R1 8
+#define SF_RC 4
+#define SF_PC 4
+
+#include "fanin_simd.h"
+
+#else
+typedef int sf_no_avx512_variant; /* not x86-64 with GCC/clang: only the generic variant */
+#endif
