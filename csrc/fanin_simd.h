@@ -117,8 +117,8 @@ SF_INLINE void SF_FN(gather_tile)(const sf_gather_args *a, int64_t u, int64_t h0
 
 /* Tiles of O output channels: a full tile of TF vectors, or a masked tile of nv <= TF vectors. */
 #define SF_GT(T, O, M, S, G1) SF_FN(gather_tile)(a, u, h0, b0, T, O, M, S, G1, nlast)
-#define SF_DEFINE_GATHER(O, TF, S, G1)                                                         \
-    SF_STATIC void SF_FN(gather_o##O##_s##S##_g##G1)(const sf_gather_args *a, int64_t u,       \
+#define SF_DEFINE_GATHER(O, TF, TAG, S, G1)                                                    \
+    SF_STATIC void SF_FN(gather_o##O##_##TAG##_s##S##_g##G1)(const sf_gather_args *a, int64_t u,       \
                                                      int64_t h0, int64_t b0, int masked,       \
                                                      int nv, int nlast)                        \
     {                                                                                          \
@@ -146,43 +146,48 @@ SF_INLINE void SF_FN(gather_tile)(const sf_gather_args *a, int64_t u, int64_t h0
         default: break;                                                                        \
         }                                                                                      \
     }
-#define SF_DEFINE_GATHER_SG(O, TF)                                                             \
-    SF_DEFINE_GATHER(O, TF, 0, 0)                                                              \
-    SF_DEFINE_GATHER(O, TF, 0, 1)                                                              \
-    SF_DEFINE_GATHER(O, TF, 1, 0)                                                              \
-    SF_DEFINE_GATHER(O, TF, 1, 1)
+#define SF_DEFINE_GATHER_SG(O, TF, TAG)                                                        \
+    SF_DEFINE_GATHER(O, TF, TAG, 0, 0)                                                         \
+    SF_DEFINE_GATHER(O, TF, TAG, 0, 1)                                                         \
+    SF_DEFINE_GATHER(O, TF, TAG, 1, 0)                                                         \
+    SF_DEFINE_GATHER(O, TF, TAG, 1, 1)
 
-SF_DEFINE_GATHER_SG(1, SF_T1)
+/* "one": H == 1, tiles of SF_T1 vectors; "blk": H > 1, tiles of SF_TC vectors x O channels
+ * (O = 1 there is the last block when H is not a multiple of SF_OC) */
+SF_DEFINE_GATHER_SG(1, SF_T1, one)
+SF_DEFINE_GATHER_SG(1, SF_TC, blk)
 #if SF_OC >= 2
-SF_DEFINE_GATHER_SG(2, SF_TC)
+SF_DEFINE_GATHER_SG(2, SF_TC, blk)
 #endif
 #if SF_OC >= 3
-SF_DEFINE_GATHER_SG(3, SF_TC)
+SF_DEFINE_GATHER_SG(3, SF_TC, blk)
 #endif
 #if SF_OC >= 4
-SF_DEFINE_GATHER_SG(4, SF_TC)
+SF_DEFINE_GATHER_SG(4, SF_TC, blk)
 #endif
 
 typedef void (*SF_FN(gather_fn))(const sf_gather_args *, int64_t, int64_t, int64_t, int, int,
                                  int);
 
-#define SF_GATHER_ROW(O)                                                                       \
-    {SF_FN(gather_o##O##_s0_g0), SF_FN(gather_o##O##_s0_g1), SF_FN(gather_o##O##_s1_g0),       \
-     SF_FN(gather_o##O##_s1_g1)}
+#define SF_GATHER_ROW(O, TAG)                                                                  \
+    {SF_FN(gather_o##O##_##TAG##_s0_g0), SF_FN(gather_o##O##_##TAG##_s0_g1),                   \
+     SF_FN(gather_o##O##_##TAG##_s1_g0), SF_FN(gather_o##O##_##TAG##_s1_g1)}
 
 SF_STATIC void SF_FN(gather)(const sf_gather_args *a, int64_t u0, int64_t u1, int64_t b0,
                              int64_t b1)
 {
-    static const SF_FN(gather_fn) table[SF_OC > 1 ? SF_OC : 1][4] = {
-        SF_GATHER_ROW(1),
+    /* row 0: H == 1; row O: O output channels of H > 1 */
+    static const SF_FN(gather_fn) table[(SF_OC > 1 ? SF_OC : 1) + 1][4] = {
+        SF_GATHER_ROW(1, one),
+        SF_GATHER_ROW(1, blk),
 #if SF_OC >= 2
-        SF_GATHER_ROW(2),
+        SF_GATHER_ROW(2, blk),
 #endif
 #if SF_OC >= 3
-        SF_GATHER_ROW(3),
+        SF_GATHER_ROW(3, blk),
 #endif
 #if SF_OC >= 4
-        SF_GATHER_ROW(4),
+        SF_GATHER_ROW(4, blk),
 #endif
     };
     const int64_t H = a->H;
@@ -198,12 +203,12 @@ SF_STATIC void SF_FN(gather)(const sf_gather_args *a, int64_t u0, int64_t u1, in
         for (int64_t f = 0; f < n_full; ++f)
             for (int64_t h0 = 0; h0 < H; h0 += OB) {
                 const int O = (int)(H - h0 < OB ? H - h0 : OB);
-                table[O - 1][sg](a, u, h0, b0 + f * tile, 0, TF, VL);
+                table[H == 1 ? 0 : O][sg](a, u, h0, b0 + f * tile, 0, TF, VL);
             }
         if (rest > 0)
             for (int64_t h0 = 0; h0 < H; h0 += OB) {
                 const int O = (int)(H - h0 < OB ? H - h0 : OB);
-                table[O - 1][sg](a, u, h0, b0 + n_full * tile, 1, nv, nlast);
+                table[H == 1 ? 0 : O][sg](a, u, h0, b0 + n_full * tile, 1, nv, nlast);
             }
     }
 }
