@@ -8,6 +8,7 @@
  *   V_ZERO() V_SET1(a) V_LOAD(p) V_STORE(p, v) V_FMA(a, b, c) (= a * b + c) V_ADD(a, b)
  *   V_LOADN(p, n) V_STOREN(p, v, n)   the first n lanes (1 <= n <= VL); V_LOADN zero-fills
  *   V_RELU(v)         max(v, 0) keeping NaN;  V_HSUM(v) the sum of the lanes, in a fixed order
+ *   SF_HSUM8_ADD(dst, v)  optional: dst[r] += the lane sum of v[r], r < 8, in a fixed order
  *   SF_T1             batch vectors per register tile of the gather pass when H == 1
  *   SF_TC, SF_OC      batch vectors x output channels per tile when H > 1
  *   SF_R1             weight-gradient rows (connection, channel) per tile when c_out == 1
@@ -252,6 +253,15 @@ SF_INLINE void SF_FN(params_tile)(float *dWj, const float *dy, const float *cons
                 acc[r][o] = V_FMA(xv, d[o], acc[r][o]);
         }
     }
+#ifdef SF_HSUM8_ADD
+    if (R == 8 && O == 1 && c_out == 1) { /* 8 contiguous dW entries: one shuffle tree */
+        vf col[8];
+        for (int r = 0; r < 8; ++r)
+            col[r] = acc[SF_RCLIP(r)][0];
+        SF_HSUM8_ADD(dWj + r0, col);
+        return;
+    }
+#endif
     for (int r = 0; r < R; ++r)
         for (int o = 0; o < O; ++o)
             dWj[(r0 + r) * c_out + o0 + o] += V_HSUM(acc[r][o]);
@@ -300,6 +310,82 @@ SF_INLINE float SF_FN(sum)(const float *v, int64_t B)
     return V_HSUM(s);
 }
 
+/* c_in == c_out == 1, the connections left over when a unit's fan-in is not a multiple of SF_R1:
+ * dW[p_r] += x[indices[p_r]] . dy[unit of p_r] for R connections that may belong to several
+ * units (so that k = 9 is one block of 8 per unit plus a shared block, not a latency-bound block
+ * of 1). The lane sums follow V_HSUM's order, so the result does not depend on the grouping. */
+SF_INLINE void SF_FN(flat_tile)(float *const *dst, const float *const *xr,
+                                const float *const *dr, int64_t B, const int R)
+{
+    vf acc[SF_RMAX];
+    for (int r = 0; r < R; ++r)
+        acc[r] = V_ZERO();
+    int64_t b = 0;
+    for (; b + VL <= B; b += VL)
+        for (int r = 0; r < R; ++r)
+            acc[r] = V_FMA(V_LOAD(xr[r] + b), V_LOAD(dr[r] + b), acc[r]);
+    if (b < B) {
+        const int n = (int)(B - b);
+        for (int r = 0; r < R; ++r)
+            acc[r] = V_FMA(V_LOADN(xr[r] + b, n), V_LOADN(dr[r] + b, n), acc[r]);
+    }
+    for (int r = 0; r < R; ++r)
+        *dst[r] += V_HSUM(acc[r]);
+}
+
+#define SF_FT(R) SF_FN(flat_tile)(dst, xr, dr, B, R)
+SF_STATIC void SF_FN(flat_block)(float *const *dst, const float *const *xr,
+                                 const float *const *dr, int64_t B, int nr)
+{
+    switch (nr) {
+    case 1: SF_FT(1); break;
+    case 2: SF_FT(SF_RCLIP(2)); break;
+    case 3: SF_FT(SF_RCLIP(3)); break;
+    case 4: SF_FT(SF_RCLIP(4)); break;
+    case 5: SF_FT(SF_RCLIP(5)); break;
+    case 6: SF_FT(SF_RCLIP(6)); break;
+    case 7: SF_FT(SF_RCLIP(7)); break;
+    case 8: SF_FT(SF_RCLIP(8)); break;
+    default: break;
+    }
+}
+
+/* Weight gradients of rows [j0, j1) when c_in == c_out == 1: per unit, blocks of SF_R1 connections
+ * sharing one dy row; the leftovers of consecutive units are pooled into shared blocks. */
+SF_INLINE void SF_FN(params_flat)(float *dW, const float *dy, const float *x,
+                                  const int64_t *indptr, const int32_t *indices, int64_t j0,
+                                  int64_t j1, int64_t B, int prefetch)
+{
+    const float *xr[SF_RMAX], *pf[SF_RMAX], *lx[SF_RMAX], *ld[SF_RMAX];
+    float *lw[SF_RMAX];
+    int n_left = 0;
+    for (int64_t j = j0; j < j1; ++j) {
+        const float *dyj = dy + j * B;
+        const int64_t pe = indptr[j + 1];
+        int64_t p = indptr[j];
+        for (; p + SF_R1 <= pe; p += SF_R1) {
+            int n_pf = 0;
+            for (int r = 0; r < SF_R1; ++r)
+                xr[r] = x + (int64_t)indices[p + r] * B;
+            if (prefetch)
+                for (int64_t q = p + SF_R1; q < indptr[j1] && n_pf < SF_R1; ++q)
+                    pf[n_pf++] = x + (int64_t)indices[q] * B;
+            SF_FN(params_o1_one)(dW + p, dyj, xr, pf, n_pf, 0, 0, SF_R1, 1, B);
+        }
+        for (; p < pe; ++p) {
+            lx[n_left] = x + (int64_t)indices[p] * B;
+            ld[n_left] = dyj;
+            lw[n_left] = dW + p;
+            if (++n_left == SF_R1) {
+                SF_FN(flat_block)(lw, lx, ld, B, n_left);
+                n_left = 0;
+            }
+        }
+    }
+    if (n_left > 0)
+        SF_FN(flat_block)(lw, lx, ld, B, n_left);
+}
+
 /* The gathered rows r0 .. r0 + n - 1 of unit j's weight-gradient block. */
 SF_INLINE void SF_FN(block_rows)(const float **rows, const float *x, const int32_t *idx,
                                  int64_t r0, int n, int64_t c_in, int64_t B)
@@ -317,11 +403,16 @@ SF_STATIC void SF_FN(params)(float *dW, float *db, const float *dy, const float 
     const int RF = c_out == 1 ? SF_R1 : SF_RC;
     const int64_t OB = c_out == 1 ? 1 : SF_PC;
     const float *xr[SF_RMAX], *pf[SF_RMAX];
+    if (db != NULL)
+        for (int64_t j = j0; j < j1; ++j)
+            for (int64_t o = 0; o < c_out; ++o)
+                db[j * c_out + o] += SF_FN(sum)(dy + (j * c_out + o) * B, B);
+    if (c_in == 1 && c_out == 1) {
+        SF_FN(params_flat)(dW, dy, x, indptr, indices, j0, j1, B, prefetch);
+        return;
+    }
     for (int64_t j = j0; j < j1; ++j) {
         const float *dyj = dy + j * c_out * B;
-        if (db != NULL)
-            for (int64_t o = 0; o < c_out; ++o)
-                db[j * c_out + o] += SF_FN(sum)(dyj + o * B, B);
         const int64_t p0 = indptr[j];
         const int64_t R = (indptr[j + 1] - p0) * c_in;
         const int32_t *idx = indices + p0;
