@@ -248,7 +248,7 @@ void sf_transpose(float *out, const float *in, int64_t rows, int64_t cols, int n
     const int64_t n_items = (rows + step - 1) / step;
     (void)par;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(n_threads) if (par)
+#pragma omp parallel for schedule(dynamic, 4) num_threads(n_threads) if (par)
 #endif
     for (int64_t it = 0; it < n_items; ++it) {
         const int64_t r0 = it * step;

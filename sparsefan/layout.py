@@ -5,6 +5,8 @@ contiguous, so that every gathered input is one contiguous batch vector. Public 
 ``(batch, ...)``; a network changes layout once at its entry and once at its exit. Both
 directions are one parallel blocked transpose in C.
 """
+import math
+
 import numpy as np
 
 from sparsefan import _kernels
@@ -19,12 +21,14 @@ ALIGNMENT = 64
 
 def empty_aligned(shape, zero=False):
     """A C-contiguous float32 array of ``shape`` starting on a 64-byte boundary."""
-    shape = tuple(int(s) for s in np.atleast_1d(shape))
-    n = int(np.prod(shape, dtype=np.int64))
-    pad = ALIGNMENT // 4
-    buf = np.zeros(n + pad, np.float32) if zero else np.empty(n + pad, np.float32)
+    shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(map(int, shape))
+    n = math.prod(shape)
+    buf = np.empty(n + ALIGNMENT // 4, np.float32)
     start = (-buf.ctypes.data % ALIGNMENT) // 4
-    return buf[start:start + n].reshape(shape)
+    out = buf[start:start + n].reshape(shape)
+    if zero:
+        out.fill(0.0)
+    return out
 
 
 def to_feature_major(x, n_threads=None):
