@@ -174,6 +174,43 @@ typedef void (*SF_FN(gather_fn))(const sf_gather_args *, int64_t, int64_t, int64
     {SF_FN(gather_o##O##_##TAG##_s0_g0), SF_FN(gather_o##O##_##TAG##_s0_g1),                   \
      SF_FN(gather_o##O##_##TAG##_s1_g0), SF_FN(gather_o##O##_##TAG##_s1_g1)}
 
+/* One example, one channel: a dot product per unit over its connections, with four partial sums
+ * (a one-lane batch tile would be one latency-bound chain of FMAs per unit). */
+SF_STATIC void SF_FN(gather_b1)(const sf_gather_args *a, int64_t u0, int64_t u1)
+{
+    const float *in = a->in, *W = a->W;
+    const int32_t *rows = a->rows;
+    const int64_t *slots = a->slots;
+    const int64_t wslot = a->wslot;
+    for (int64_t u = u0; u < u1; ++u) {
+        const int64_t q0 = a->ptr[u], q1 = a->ptr[u + 1];
+        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+        int64_t q = q0;
+        if (slots != NULL) {
+            for (; q + 4 <= q1; q += 4) {
+                s0 += W[slots[q] * wslot] * in[rows[q]];
+                s1 += W[slots[q + 1] * wslot] * in[rows[q + 1]];
+                s2 += W[slots[q + 2] * wslot] * in[rows[q + 2]];
+                s3 += W[slots[q + 3] * wslot] * in[rows[q + 3]];
+            }
+            for (; q < q1; ++q)
+                s0 += W[slots[q] * wslot] * in[rows[q]];
+        } else {
+            for (; q + 4 <= q1; q += 4) {
+                s0 += W[q * wslot] * in[rows[q]];
+                s1 += W[(q + 1) * wslot] * in[rows[q + 1]];
+                s2 += W[(q + 2) * wslot] * in[rows[q + 2]];
+                s3 += W[(q + 3) * wslot] * in[rows[q + 3]];
+            }
+            for (; q < q1; ++q)
+                s0 += W[q * wslot] * in[rows[q]];
+        }
+        const float init = a->bias != NULL ? a->bias[u] : a->out[u];
+        const float v = init + ((s0 + s1) + (s2 + s3));
+        a->out[u] = (a->relu && v < 0.0f) ? 0.0f : v; /* NaN propagates */
+    }
+}
+
 SF_STATIC void SF_FN(gather)(const sf_gather_args *a, int64_t u0, int64_t u1, int64_t b0,
                              int64_t b1)
 {
@@ -192,6 +229,10 @@ SF_STATIC void SF_FN(gather)(const sf_gather_args *a, int64_t u0, int64_t u1, in
 #endif
     };
     const int64_t H = a->H;
+    if (a->B == 1 && H == 1 && a->G == 1) {
+        SF_FN(gather_b1)(a, u0, u1);
+        return;
+    }
     const int TF = H == 1 ? SF_T1 : SF_TC;
     const int OB = H == 1 ? 1 : SF_OC;
     const int sg = (a->slots != NULL) * 2 + (a->G == 1);
@@ -407,6 +448,16 @@ SF_STATIC void SF_FN(params)(float *dW, float *db, const float *dy, const float 
         for (int64_t j = j0; j < j1; ++j)
             for (int64_t o = 0; o < c_out; ++o)
                 db[j * c_out + o] += SF_FN(sum)(dy + (j * c_out + o) * B, B);
+    if (B == 1) { /* one example: each dW entry is a single product, an outer product per row */
+        for (int64_t j = j0; j < j1; ++j)
+            for (int64_t p = indptr[j]; p < indptr[j + 1]; ++p)
+                for (int64_t c = 0; c < c_in; ++c) {
+                    const float xv = x[(int64_t)indices[p] * c_in + c];
+                    for (int64_t o = 0; o < c_out; ++o)
+                        dW[(p * c_in + c) * c_out + o] += xv * dy[j * c_out + o];
+                }
+        return;
+    }
     if (c_in == 1 && c_out == 1) {
         SF_FN(params_flat)(dW, dy, x, indptr, indices, j0, j1, B, prefetch);
         return;
