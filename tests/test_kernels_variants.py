@@ -153,10 +153,11 @@ def test_variant_names_and_setter():
 
 
 @pytest.mark.parametrize("value,expect", [("generic", "generic"), ("bogus", None)])
-def test_env_var_caps_the_variant(value, expect):
-    code = ("import warnings, sparsefan._kernels as k; print(k.cpu_variant())")
+def test_env_var_caps_the_variant(value, expect, tmp_path):
+    code = "import sparsefan._kernels as k; print(k.cpu_variant())"
     env = dict(os.environ, SPARSEFAN_CPU=value)
-    out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env,
+    # run outside the source tree, so the installed package is imported
+    out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env, cwd=tmp_path,
                          capture_output=True, text=True, check=True)
     if expect is None:
         assert "SPARSEFAN_CPU" in out.stderr
