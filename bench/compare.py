@@ -41,12 +41,27 @@ import sys
 import time
 import warnings
 
-import numpy as np
-import scipy
-import scipy.sparse as sp
 
-import sparsefan as sf
-from sparsefan import _kernels
+def _threads_from_argv(argv):
+    for i, a in enumerate(argv):
+        if a == "--threads" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--threads="):
+            return a.split("=", 1)[1]
+    return None
+
+
+# BLAS and OpenMP pools read their size when first loaded: set it before numpy is imported, so
+# that every library (numpy's BLAS included) runs on the same number of threads.
+if _threads_from_argv(sys.argv[1:]):
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = _threads_from_argv(sys.argv[1:])
+
+import numpy as np  # noqa: E402
+import scipy  # noqa: E402
+
+import sparsefan as sf  # noqa: E402
+from sparsefan import _kernels  # noqa: E402
 
 OPS = ("forward", "backward", "train")
 PASSES = {"forward": 1, "backward": 2, "train": 3}
@@ -548,7 +563,7 @@ def main(argv=None):
         args.crossover = [784] if args.quick else [784, 4096]
     args.threads = sf.resolve_n_threads(args.threads)
 
-    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS"):
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         if os.environ.get(var):
             log(f"note: {var}={os.environ[var]} is set; numpy's BLAS may not run its own "
                 f"tuned kernels (run with env -u {var})")
