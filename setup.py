@@ -81,11 +81,15 @@ else:
 extensions = [
     Extension(
         "sparsefan._kernels",
-        sources=["sparsefan/_kernels.pyx", "csrc/fanin.c"],
+        # fanin_<variant>.c: the kernel template csrc/fanin_simd.h compiled per instruction set
+        # (target attributes, no -m flags), picked at run time by csrc/fanin.c
+        sources=["sparsefan/_kernels.pyx", "csrc/fanin.c", "csrc/fanin_generic.c",
+                 "csrc/fanin_avx2.c", "csrc/fanin_avx512.c"],
         include_dirs=["csrc"],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
-        depends=["csrc/fanin.h", "sparsefan/_fanin.pxd"],
+        depends=["csrc/fanin.h", "csrc/fanin_kernels.h", "csrc/fanin_simd.h",
+                 "sparsefan/_fanin.pxd"],
     )
 ]
 

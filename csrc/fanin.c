@@ -1,27 +1,38 @@
 /*
- * sparsefan: fixed fan-in layer kernels. See fanin.h for the shape legend and layouts.
+ * sparsefan: fixed fan-in layer kernels — the public entry points of fanin.h.
  *
- * These are the straightforward, correct kernels: a batch tile of accumulators per output row,
- * gather-form backward passes, no atomics. They are written so that the data layout
- * (feature-major, batch contiguous) already suits register-blocked fast paths.
+ * This file owns threading and CPU dispatch; the arithmetic lives in the kernel template
+ * fanin_simd.h, compiled once per instruction set (fanin_generic.c, fanin_avx2.c,
+ * fanin_avx512.c). The best variant the CPU supports is picked at the first call (or forced with
+ * sf_set_cpu_variant). Work is split into ranges of whole output rows balanced by their number of
+ * connections, so uneven fan-in or out-degree does not leave a thread idle, and every output
+ * element is still computed by one thread in a fixed order: results are bit-identical for any
+ * n_threads.
  */
 #include "fanin.h"
+#include "fanin_kernels.h"
 
 #include <stddef.h>
-#include <string.h>
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
-/* Batch tile: the accumulators of one output (unit, channel) for TILE examples stay in a local
- * array (registers / L1) across all inputs of the unit, and are stored once. */
-#define TILE 64
-/* Lanes of the reductions over the batch: independent partial sums that vectorize without
- * -ffast-math, combined in a fixed order (so the result never depends on threads). */
-#define LANES 16
-/* Below this many multiply-adds a parallel region costs more than it saves. */
-#define PARALLEL_MIN_WORK 32768
+/* Below this many multiply-adds a parallel region costs more than it saves (the single-example
+ * path of a small network stays on the calling thread). */
+#define PARALLEL_MIN_WORK 65536
+/* Work ranges per thread: enough for dynamic scheduling to even out noisy neighbours. */
+#define CHUNKS_PER_THREAD 8
+#define MAX_CHUNKS 512
+/* Cost of a row in units of connections, so that empty rows still count. */
+#define ROW_COST 2
+/* Software prefetch of the gathered rows pays when they do not fit in a core's L2 cache. */
+#ifndef PREFETCH_BYTES
+#define PREFETCH_BYTES (1024 * 1024)
+#endif
+#ifndef SLAB_MAX_COLUMNS
+#define SLAB_MAX_COLUMNS 1024
+#endif
 
 int sf_openmp_enabled(void)
 {
@@ -32,126 +43,165 @@ int sf_openmp_enabled(void)
 #endif
 }
 
-static float sum_lanes(float s[LANES])
+/* ------------------------------------------------------------------------------------------ */
+/* CPU dispatch                                                                                */
+
+static const sf_kernel_table *const variants[SF_CPU_N_VARIANTS] = {
+    &sf_kernels_generic,
+#ifdef SF_X86_DISPATCH
+    &sf_kernels_avx2,
+    &sf_kernels_avx512,
+#else
+    NULL,
+    NULL,
+#endif
+};
+
+static int active_variant = -1;
+
+int sf_cpu_variant_supported(int variant)
 {
-    for (int w = LANES / 2; w > 0; w >>= 1)
-        for (int t = 0; t < w; ++t)
-            s[t] += s[t + w];
-    return s[0];
+    if (variant == SF_CPU_GENERIC)
+        return 1;
+#ifdef SF_X86_DISPATCH
+    __builtin_cpu_init();
+    if (variant == SF_CPU_AVX2)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (variant == SF_CPU_AVX512)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
+               __builtin_cpu_supports("fma");
+#endif
+    return 0;
 }
 
-static float dot(const float *a, const float *b, int64_t n)
+int sf_cpu_variant(void)
 {
-    float s[LANES] = {0};
-    int64_t i = 0;
-    for (; i + LANES <= n; i += LANES)
-        for (int t = 0; t < LANES; ++t)
-            s[t] += a[i + t] * b[i + t];
-    float tail = 0.0f;
-    for (; i < n; ++i)
-        tail += a[i] * b[i];
-    return sum_lanes(s) + tail;
+    if (active_variant < 0) {
+        int v = SF_CPU_N_VARIANTS - 1;
+        while (v > SF_CPU_GENERIC && !sf_cpu_variant_supported(v))
+            --v;
+        active_variant = v;
+    }
+    return active_variant;
 }
 
-static float sum(const float *a, int64_t n)
+const char *sf_cpu_variant_name(int variant)
 {
-    float s[LANES] = {0};
-    int64_t i = 0;
-    for (; i + LANES <= n; i += LANES)
-        for (int t = 0; t < LANES; ++t)
-            s[t] += a[i + t];
-    float tail = 0.0f;
-    for (; i < n; ++i)
-        tail += a[i];
-    return sum_lanes(s) + tail;
+    if (variant < 0 || variant >= SF_CPU_N_VARIANTS)
+        return "unknown";
+    static const char *const names[SF_CPU_N_VARIANTS] = {"generic", "avx2", "avx512"};
+    return names[variant];
+}
+
+int sf_set_cpu_variant(int variant)
+{
+    if (variant < 0 || variant >= SF_CPU_N_VARIANTS || !sf_cpu_variant_supported(variant))
+        return -1;
+    active_variant = variant;
+    return 0;
+}
+
+static const sf_kernel_table *kernels(void) { return variants[sf_cpu_variant()]; }
+
+/* ------------------------------------------------------------------------------------------ */
+/* work split                                                                                  */
+
+static int use_threads(int64_t work, int n_threads)
+{
+    return n_threads > 1 && work >= PARALLEL_MIN_WORK;
+}
+
+/* bounds[0..n_chunks]: row ranges of about equal cost (connections + ROW_COST per row), found by
+ * binary search in the row pointers (cost up to row r is ptr[r] + ROW_COST * r). */
+static int split_rows(const int64_t *ptr, int64_t n_rows, int n_threads, int64_t *bounds)
+{
+    int64_t n_chunks = n_threads > 1 ? (int64_t)n_threads * CHUNKS_PER_THREAD : 1;
+    if (n_chunks > MAX_CHUNKS)
+        n_chunks = MAX_CHUNKS;
+    if (n_chunks > n_rows)
+        n_chunks = n_rows > 0 ? n_rows : 1;
+    const int64_t total = ptr[n_rows] - ptr[0] + ROW_COST * n_rows;
+    bounds[0] = 0;
+    for (int64_t c = 1; c < n_chunks; ++c) {
+        const int64_t target = total / n_chunks * c + total % n_chunks * c / n_chunks;
+        int64_t lo = bounds[c - 1], hi = n_rows;
+        while (lo < hi) { /* first row r with cost(r) >= target */
+            const int64_t mid = lo + (hi - lo) / 2;
+            if (ptr[mid] - ptr[0] + ROW_COST * mid < target)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        bounds[c] = lo;
+    }
+    bounds[n_chunks] = n_rows;
+    return (int)n_chunks;
+}
+
+/* Batch columns per slab. Each unit reads whole gathered rows, batch-contiguous, tile after tile:
+ * long sequential runs per row are what the hardware prefetchers follow, and they beat narrow
+ * L2-sized slabs (measured). Only very large batches are cut, so a row piece stays a few KB. */
+static int64_t slab_width(int64_t B)
+{
+    return B <= SLAB_MAX_COLUMNS ? B : SLAB_MAX_COLUMNS;
+}
+
+static void run_gather(const sf_gather_args *args, int64_t n_units, int64_t n_rows_in,
+                       int n_threads)
+{
+    sf_gather_args copy = *args;
+    const sf_gather_args *a = &copy;
+    /* prefetch when the gathered rows do not fit in L2 */
+    copy.prefetch_end = n_rows_in * args->G * args->B * (int64_t)sizeof(float) > PREFETCH_BYTES
+                            ? args->ptr[n_units] : 0;
+    const sf_kernel_table *k = kernels();
+    const int64_t work = (a->ptr[n_units] - a->ptr[0]) * a->G * a->H * a->B;
+    const int par = use_threads(work, n_threads);
+    int64_t bounds[MAX_CHUNKS + 1];
+    const int n_chunks = split_rows(a->ptr, n_units, par ? n_threads : 1, bounds);
+    const int64_t slab = slab_width(a->B);
+    (void)par;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(n_threads) if (par)
+#endif
+    {
+        for (int64_t b0 = 0; b0 < a->B; b0 += slab) {
+            const int64_t b1 = b0 + slab < a->B ? b0 + slab : a->B;
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1) nowait
+#endif
+            for (int c = 0; c < n_chunks; ++c)
+                k->gather(a, bounds[c], bounds[c + 1], b0, b1);
+        }
+    }
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* forward                                                                                      */
+/* forward and backward                                                                        */
 
 void sf_fanin_forward(float *y, const float *x, const float *W, const float *b,
                       const int64_t *indptr, const int32_t *indices,
-                      int64_t n_out, int64_t c_in, int64_t c_out, int64_t B,
+                      int64_t n_in, int64_t n_out, int64_t c_in, int64_t c_out, int64_t B,
                       int relu, int n_threads)
 {
-    const int64_t work = indptr[n_out] * c_in * c_out * B;
-    (void)work;
-    (void)n_threads;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 4) num_threads(n_threads) if (work >= PARALLEL_MIN_WORK)
-#endif
-    for (int64_t j = 0; j < n_out; ++j) {
-        const int64_t p0 = indptr[j], p1 = indptr[j + 1];
-        for (int64_t b0 = 0; b0 < B; b0 += TILE) {
-            const int64_t nb = B - b0 < TILE ? B - b0 : TILE;
-            for (int64_t o = 0; o < c_out; ++o) {
-                float acc[TILE];
-                const float bias = b[j * c_out + o];
-                for (int64_t t = 0; t < nb; ++t)
-                    acc[t] = bias;
-                for (int64_t p = p0; p < p1; ++p) {
-                    const float *xi = x + (int64_t)indices[p] * c_in * B + b0;
-                    const float *wp = W + p * c_in * c_out + o;
-                    for (int64_t c = 0; c < c_in; ++c) {
-                        const float w = wp[c * c_out];
-                        const float *xc = xi + c * B;
-                        for (int64_t t = 0; t < nb; ++t)
-                            acc[t] += w * xc[t];
-                    }
-                }
-                float *yo = y + (j * c_out + o) * B + b0;
-                if (relu) {
-                    for (int64_t t = 0; t < nb; ++t)
-                        yo[t] = acc[t] < 0.0f ? 0.0f : acc[t]; /* NaN propagates */
-                } else {
-                    memcpy(yo, acc, (size_t)nb * sizeof(float));
-                }
-            }
-        }
-    }
+    /* y[j, o, :] = act(b[j, o] + sum_{p, c} W[p, c, o] * x[indices[p], c, :]) */
+    const sf_gather_args a = {y, x, W, b, indptr, indices, NULL,
+                              c_in, c_out, B, c_in * c_out, c_out, 1, relu, 0};
+    run_gather(&a, n_out, n_in, n_threads);
 }
 
-/* ------------------------------------------------------------------------------------------ */
-/* backward                                                                                     */
-
 /* forward: y[j, o, :] += W[p, c, o] * x[indices[p], c, :]
- * so:      dx[i, c, :] += W[p, c, o] * dy[j, o, :] for every (j, p) that reads i.
- * Gathered per input i through the transposed table: each dx row has one writer, no atomics. */
+ * so:      dx[i, c, :] += W[p, c, o] * dy[j, o, :] for every connection (j, p) that reads i,
+ * gathered per input i through the transposed table: each dx row has one writer, no atomics. */
 void sf_fanin_backward_input(float *dx, const float *dy, const float *W,
                              const int64_t *t_indptr, const int32_t *t_rows,
                              const int64_t *t_slots,
-                             int64_t n_in, int64_t c_in, int64_t c_out, int64_t B,
+                             int64_t n_in, int64_t n_out, int64_t c_in, int64_t c_out, int64_t B,
                              int n_threads)
 {
-    const int64_t work = t_indptr[n_in] * c_in * c_out * B;
-    (void)work;
-    (void)n_threads;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 4) num_threads(n_threads) if (work >= PARALLEL_MIN_WORK)
-#endif
-    for (int64_t i = 0; i < n_in; ++i) {
-        const int64_t q0 = t_indptr[i], q1 = t_indptr[i + 1];
-        for (int64_t b0 = 0; b0 < B; b0 += TILE) {
-            const int64_t nb = B - b0 < TILE ? B - b0 : TILE;
-            for (int64_t c = 0; c < c_in; ++c) {
-                float acc[TILE];
-                float *dxc = dx + (i * c_in + c) * B + b0;
-                for (int64_t t = 0; t < nb; ++t)
-                    acc[t] = dxc[t];
-                for (int64_t q = q0; q < q1; ++q) {
-                    const float *dyj = dy + (int64_t)t_rows[q] * c_out * B + b0;
-                    const float *wp = W + (t_slots[q] * c_in + c) * c_out;
-                    for (int64_t o = 0; o < c_out; ++o) {
-                        const float w = wp[o];
-                        const float *dyo = dyj + o * B;
-                        for (int64_t t = 0; t < nb; ++t)
-                            acc[t] += w * dyo[t];
-                    }
-                }
-                memcpy(dxc, acc, (size_t)nb * sizeof(float));
-            }
-        }
-    }
+    const sf_gather_args a = {dx, dy, W, NULL, t_indptr, t_rows, t_slots,
+                              c_out, c_in, B, c_in * c_out, 1, c_out, 0, 0};
+    run_gather(&a, n_in, n_out, n_threads);
 }
 
 /* forward: y[j, o, b] += W[p, c, o] * x[indices[p], c, b] + b[j, o]
@@ -159,28 +209,22 @@ void sf_fanin_backward_input(float *dx, const float *dy, const float *W,
  * Parallel over rows j: row j owns its connections' dW blocks and its db entries. */
 void sf_fanin_backward_params(float *dW, float *db, const float *dy, const float *x,
                               const int64_t *indptr, const int32_t *indices,
-                              int64_t n_out, int64_t c_in, int64_t c_out, int64_t B,
+                              int64_t n_in, int64_t n_out, int64_t c_in, int64_t c_out, int64_t B,
                               int n_threads)
 {
+    const sf_kernel_table *k = kernels();
     const int64_t work = indptr[n_out] * c_in * c_out * B;
-    (void)work;
-    (void)n_threads;
+    const int par = use_threads(work, n_threads);
+    int64_t bounds[MAX_CHUNKS + 1];
+    const int n_chunks = split_rows(indptr, n_out, par ? n_threads : 1, bounds);
+    const int prefetch = n_in * c_in * B * (int64_t)sizeof(float) > PREFETCH_BYTES;
+    (void)par;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 4) num_threads(n_threads) if (work >= PARALLEL_MIN_WORK)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads) if (par)
 #endif
-    for (int64_t j = 0; j < n_out; ++j) {
-        const float *dyj = dy + j * c_out * B;
-        if (db != NULL)
-            for (int64_t o = 0; o < c_out; ++o)
-                db[j * c_out + o] += sum(dyj + o * B, B);
-        for (int64_t p = indptr[j]; p < indptr[j + 1]; ++p) {
-            const float *xi = x + (int64_t)indices[p] * c_in * B;
-            float *dwp = dW + p * c_in * c_out;
-            for (int64_t c = 0; c < c_in; ++c)
-                for (int64_t o = 0; o < c_out; ++o)
-                    dwp[c * c_out + o] += dot(xi + c * B, dyj + o * B, B);
-        }
-    }
+    for (int c = 0; c < n_chunks; ++c)
+        k->params(dW, db, dy, x, indptr, indices, bounds[c], bounds[c + 1], c_in, c_out, B,
+                  prefetch);
 }
 
 void sf_relu_backward(float *dz, const float *dy, const float *y, int64_t n, int n_threads)
@@ -194,23 +238,20 @@ void sf_relu_backward(float *dz, const float *dy, const float *y, int64_t n, int
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* layout change                                                                                */
-
-#define TBLOCK 32
+/* layout change                                                                               */
 
 void sf_transpose(float *out, const float *in, int64_t rows, int64_t cols, int n_threads)
 {
-    (void)n_threads;
+    const sf_kernel_table *k = kernels();
+    const int par = n_threads > 1 && rows * cols >= 4 * PARALLEL_MIN_WORK;
+    const int64_t step = 32; /* rows per work item: whole 32 x 32 blocks */
+    const int64_t n_items = (rows + step - 1) / step;
+    (void)par;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(n_threads) if (rows * cols >= 8 * PARALLEL_MIN_WORK)
+#pragma omp parallel for schedule(dynamic, 4) num_threads(n_threads) if (par)
 #endif
-    for (int64_t c0 = 0; c0 < cols; c0 += TBLOCK) {
-        const int64_t c1 = c0 + TBLOCK < cols ? c0 + TBLOCK : cols;
-        for (int64_t r0 = 0; r0 < rows; r0 += TBLOCK) {
-            const int64_t r1 = r0 + TBLOCK < rows ? r0 + TBLOCK : rows;
-            for (int64_t c = c0; c < c1; ++c)
-                for (int64_t r = r0; r < r1; ++r)
-                    out[c * rows + r] = in[r * cols + c];
-        }
+    for (int64_t it = 0; it < n_items; ++it) {
+        const int64_t r0 = it * step;
+        k->transpose(out, in, rows, cols, r0, r0 + step < rows ? r0 + step : rows);
     }
 }

@@ -18,6 +18,9 @@
  *           (input i is read by connection t_slots[q] of output row t_rows[q], for q in
  *           t_indptr[i] .. t_indptr[i+1])
  *
+ * CPU variants: the kernels are compiled for several instruction sets (generic C, AVX2+FMA,
+ *   AVX-512F on x86-64) and the best one the CPU supports is used, chosen at the first call.
+ *
  * Contract: these functions trust their arguments. Every shape, bound and dtype is checked once,
  * at the Python boundary (sparsefan/_validation.py). Each output element is written by exactly one
  * thread, summing in a fixed order, so results are bit-identical for any n_threads.
@@ -35,24 +38,37 @@ extern "C" {
 /* 1 when this build uses OpenMP, 0 when it runs single-threaded. */
 int sf_openmp_enabled(void);
 
+/* Kernel variants, in increasing order of capability. */
+enum { SF_CPU_GENERIC = 0, SF_CPU_AVX2 = 1, SF_CPU_AVX512 = 2, SF_CPU_N_VARIANTS = 3 };
+
+/* The variant in use: the best one this CPU supports, unless set by sf_set_cpu_variant. */
+int sf_cpu_variant(void);
+/* "generic", "avx2", "avx512" (or "unknown" for an out-of-range number). */
+const char *sf_cpu_variant_name(int variant);
+/* 1 when this build has the variant and this CPU (and OS) can run it. */
+int sf_cpu_variant_supported(int variant);
+/* Use this variant from now on (for tests and benchmarks). Returns 0, or -1 if unsupported.
+ * Not thread-safe: call it while no kernel runs. */
+int sf_set_cpu_variant(int variant);
+
 /* y = act(b + sum_{p in row j} sum_c W[p, c, :] * x[indices[p], c, :]); relu != 0 fuses max(0, .). */
 void sf_fanin_forward(float *y, const float *x, const float *W, const float *b,
                       const int64_t *indptr, const int32_t *indices,
-                      int64_t n_out, int64_t c_in, int64_t c_out, int64_t B,
+                      int64_t n_in, int64_t n_out, int64_t c_in, int64_t c_out, int64_t B,
                       int relu, int n_threads);
 
 /* dx[i, c, :] += sum_{q in t_indptr[i]..} sum_o W[t_slots[q], c, o] * dy[t_rows[q], o, :] */
 void sf_fanin_backward_input(float *dx, const float *dy, const float *W,
                              const int64_t *t_indptr, const int32_t *t_rows,
                              const int64_t *t_slots,
-                             int64_t n_in, int64_t c_in, int64_t c_out, int64_t B,
+                             int64_t n_in, int64_t n_out, int64_t c_in, int64_t c_out, int64_t B,
                              int n_threads);
 
 /* dW[p, c, o] += sum_b x[indices[p], c, b] * dy[j, o, b]   for every connection p of row j
  * db[j, o]    += sum_b dy[j, o, b]                           (skipped when db is NULL) */
 void sf_fanin_backward_params(float *dW, float *db, const float *dy, const float *x,
                               const int64_t *indptr, const int32_t *indices,
-                              int64_t n_out, int64_t c_in, int64_t c_out, int64_t B,
+                              int64_t n_in, int64_t n_out, int64_t c_in, int64_t c_out, int64_t B,
                               int n_threads);
 
 /* dz[i] = y[i] > 0 ? dy[i] : 0   (the backward of a fused ReLU, given its output y) */

@@ -3,18 +3,23 @@ from libc.stdint cimport int32_t, int64_t
 
 cdef extern from "fanin.h" nogil:
     int sf_openmp_enabled()
+    int SF_CPU_N_VARIANTS
+    int sf_cpu_variant()
+    const char *sf_cpu_variant_name(int variant)
+    int sf_cpu_variant_supported(int variant)
+    int sf_set_cpu_variant(int variant)
     void sf_fanin_forward(float *y, const float *x, const float *W, const float *b,
                           const int64_t *indptr, const int32_t *indices,
-                          int64_t n_out, int64_t c_in, int64_t c_out, int64_t B,
+                          int64_t n_in, int64_t n_out, int64_t c_in, int64_t c_out, int64_t B,
                           int relu, int n_threads)
     void sf_fanin_backward_input(float *dx, const float *dy, const float *W,
                                  const int64_t *t_indptr, const int32_t *t_rows,
                                  const int64_t *t_slots,
-                                 int64_t n_in, int64_t c_in, int64_t c_out, int64_t B,
-                                 int n_threads)
+                                 int64_t n_in, int64_t n_out, int64_t c_in, int64_t c_out,
+                                 int64_t B, int n_threads)
     void sf_fanin_backward_params(float *dW, float *db, const float *dy, const float *x,
                                   const int64_t *indptr, const int32_t *indices,
-                                  int64_t n_out, int64_t c_in, int64_t c_out, int64_t B,
-                                  int n_threads)
+                                  int64_t n_in, int64_t n_out, int64_t c_in, int64_t c_out,
+                                  int64_t B, int n_threads)
     void sf_relu_backward(float *dz, const float *dy, const float *y, int64_t n, int n_threads)
     void sf_transpose(float *out, const float *inp, int64_t rows, int64_t cols, int n_threads)

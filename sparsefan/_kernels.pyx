@@ -3,9 +3,13 @@
 # contiguity, and only release the GIL around the C calls.
 from libc.stdint cimport int32_t, int64_t
 
+import os
+import warnings
+
 from sparsefan._fanin cimport (
-    sf_openmp_enabled, sf_fanin_forward, sf_fanin_backward_input, sf_fanin_backward_params,
-    sf_relu_backward, sf_transpose,
+    sf_openmp_enabled, SF_CPU_N_VARIANTS, sf_cpu_variant, sf_cpu_variant_name,
+    sf_cpu_variant_supported, sf_set_cpu_variant, sf_fanin_forward, sf_fanin_backward_input,
+    sf_fanin_backward_params, sf_relu_backward, sf_transpose,
 )
 
 
@@ -13,10 +17,63 @@ def openmp_enabled():
     return bool(sf_openmp_enabled())
 
 
+# -- CPU variants ---------------------------------------------------------------------------------
+
+CPU_VARIANTS = tuple(sf_cpu_variant_name(v).decode() for v in range(SF_CPU_N_VARIANTS))
+
+
+def cpu_variant():
+    """The kernel variant in use: "generic", "avx2" or "avx512"."""
+    return sf_cpu_variant_name(sf_cpu_variant()).decode()
+
+
+def supported_cpu_variants():
+    """The variants this build has and this CPU can run, lowest first."""
+    return tuple(name for v, name in enumerate(CPU_VARIANTS) if sf_cpu_variant_supported(v))
+
+
+def set_cpu_variant(name):
+    """Use the kernel variant ``name`` from now on (tests and benchmarks; not thread-safe).
+
+    Returns the variant that was in use. Raises ValueError for an unknown name or a variant this
+    CPU cannot run.
+    """
+    if name not in CPU_VARIANTS:
+        raise ValueError(f"CPU variant must be one of {CPU_VARIANTS}, got {name!r}")
+    if name not in supported_cpu_variants():
+        raise ValueError(f"this CPU cannot run the {name!r} kernels; it supports "
+                         f"{supported_cpu_variants()}")
+    previous = cpu_variant()
+    sf_set_cpu_variant(CPU_VARIANTS.index(name))
+    return previous
+
+
+def _init_cpu_variant():
+    """Pick the variant once, at import (under the GIL): SPARSEFAN_CPU caps it, else the best."""
+    wanted = os.environ.get("SPARSEFAN_CPU", "").strip().lower()
+    best = sf_cpu_variant()  # detects the CPU
+    if not wanted:
+        return
+    if wanted not in CPU_VARIANTS:
+        warnings.warn(f"SPARSEFAN_CPU={wanted!r} is not one of {CPU_VARIANTS}; using "
+                      f"{CPU_VARIANTS[best]!r}", RuntimeWarning, stacklevel=2)
+        return
+    v = CPU_VARIANTS.index(wanted)
+    if v > best:
+        warnings.warn(f"SPARSEFAN_CPU={wanted!r}: this CPU cannot run it; using "
+                      f"{CPU_VARIANTS[best]!r}", RuntimeWarning, stacklevel=2)
+        return
+    sf_set_cpu_variant(v)
+
+
+_init_cpu_variant()
+
+
 def fanin_forward(float[::1] y, const float[::1] x, const float[::1] W, const float[::1] b,
                   const int64_t[::1] indptr, const int32_t[::1] indices,
                   int64_t c_in, int64_t c_out, int64_t batch, bint relu, int n_threads):
     cdef int64_t n_out = indptr.shape[0] - 1
+    cdef int64_t n_in = x.shape[0] // (c_in * batch) if batch > 0 else 0
     cdef const int32_t *idx = &indices[0] if indices.shape[0] > 0 else NULL
     cdef const float *w = &W[0] if W.shape[0] > 0 else NULL
     cdef const float *xp = &x[0] if x.shape[0] > 0 else NULL
@@ -24,7 +81,7 @@ def fanin_forward(float[::1] y, const float[::1] x, const float[::1] W, const fl
         return
     with nogil:
         sf_fanin_forward(&y[0], xp, w, &b[0], &indptr[0], idx,
-                         n_out, c_in, c_out, batch, relu, n_threads)
+                         n_in, n_out, c_in, c_out, batch, relu, n_threads)
 
 
 def fanin_backward_input(float[::1] dx, const float[::1] dy, const float[::1] W,
@@ -32,6 +89,7 @@ def fanin_backward_input(float[::1] dx, const float[::1] dy, const float[::1] W,
                          const int64_t[::1] t_slots,
                          int64_t c_in, int64_t c_out, int64_t batch, int n_threads):
     cdef int64_t n_in = t_indptr.shape[0] - 1
+    cdef int64_t n_out = dy.shape[0] // (c_out * batch) if batch > 0 else 0
     cdef const int32_t *rows = &t_rows[0] if t_rows.shape[0] > 0 else NULL
     cdef const int64_t *slots = &t_slots[0] if t_slots.shape[0] > 0 else NULL
     cdef const float *w = &W[0] if W.shape[0] > 0 else NULL
@@ -40,13 +98,14 @@ def fanin_backward_input(float[::1] dx, const float[::1] dy, const float[::1] W,
         return
     with nogil:
         sf_fanin_backward_input(&dx[0], dyp, w, &t_indptr[0], rows, slots,
-                                n_in, c_in, c_out, batch, n_threads)
+                                n_in, n_out, c_in, c_out, batch, n_threads)
 
 
 def fanin_backward_params(float[::1] dW, float[::1] db, const float[::1] dy, const float[::1] x,
                           const int64_t[::1] indptr, const int32_t[::1] indices,
                           int64_t c_in, int64_t c_out, int64_t batch, int n_threads):
     cdef int64_t n_out = indptr.shape[0] - 1
+    cdef int64_t n_in = x.shape[0] // (c_in * batch) if batch > 0 else 0
     cdef const int32_t *idx = &indices[0] if indices.shape[0] > 0 else NULL
     cdef float *dw = &dW[0] if dW.shape[0] > 0 else NULL
     cdef float *dbp = &db[0] if db is not None and db.shape[0] > 0 else NULL
@@ -56,7 +115,7 @@ def fanin_backward_params(float[::1] dW, float[::1] db, const float[::1] dy, con
         return
     with nogil:
         sf_fanin_backward_params(dw, dbp, dyp, xp, &indptr[0], idx,
-                                 n_out, c_in, c_out, batch, n_threads)
+                                 n_in, n_out, c_in, c_out, batch, n_threads)
 
 
 def relu_backward(float[::1] dz, const float[::1] dy, const float[::1] y, int n_threads):

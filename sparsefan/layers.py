@@ -22,7 +22,7 @@ from sparsefan import _kernels
 from sparsefan._threads import resolve_n_threads
 from sparsefan._validation import check_array, check_int, check_writable
 from sparsefan.connectivity import Connectivity
-from sparsefan.layout import from_feature_major, to_feature_major
+from sparsefan.layout import empty_aligned, from_feature_major, to_feature_major
 
 ACTIVATIONS = (None, "relu")
 
@@ -197,7 +197,7 @@ class FanIn:
         xt = self._check_xt(xt, "xt", check_finite)
         batch = xt.shape[2]
         if out is None:
-            out = np.empty((self.n_out, self.c_out, batch), dtype=np.float32)
+            out = empty_aligned((self.n_out, self.c_out, batch))
         else:
             check_writable(check_array(out, "out", np.float32,
                                        shape=(self.n_out, self.c_out, batch)), "out")
@@ -231,7 +231,7 @@ class FanIn:
             if yt is None:
                 raise ValueError("yt (the forward output) is required for a ReLU layer's backward")
             check_array(yt, "yt", np.float32, shape=out_shape)
-            dzt = np.empty_like(dyt)
+            dzt = empty_aligned(dyt.shape)
             _kernels.relu_backward(dzt.reshape(-1), dyt.reshape(-1), yt.reshape(-1), n)
             dyt = dzt
         if need_param_grad:
@@ -296,5 +296,5 @@ class FanIn:
     @staticmethod
     def _grad_buffer(buf, name, shape):
         if buf is None:
-            return np.zeros(shape, dtype=np.float32)
+            return empty_aligned(shape, zero=True)
         return check_writable(check_array(buf, name, np.float32, shape=shape), name)

@@ -1,0 +1,166 @@
+"""Every CPU variant of the kernels against the float64 reference, at every tile-size remainder.
+
+The kernels tile the batch in vectors of VL floats (generic 4, AVX2 8, AVX-512 16) and register
+tiles of T1 = 8 vectors when c_out == 1 (32 / 64 / 128 floats) or TC vectors x OC = 4 output
+channels otherwise (TC = 2 / 2 / 4); weight gradients take R1 = 8 rows (connection, channel) at a
+time when c_out == 1, else RC = 2 / 2 / 4 rows x 4 output channels. The batch sizes and channel
+counts below sit on, just below and just above each of those widths, for every variant this CPU
+can run (forced with sparsefan._kernels.set_cpu_variant).
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import sparsefan as sf
+from sparsefan import _kernels
+from sparsefan import reference as ref
+
+from conftest import make_connectivity
+
+TOL = 1e-5
+VARIANTS = _kernels.supported_cpu_variants()
+
+# every multiple of a vector / tile width used by some variant, -1 / 0 / +1
+BATCHES = sorted({1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129,
+                  143, 255, 256, 257})
+CHANNELS = [(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (2, 1), (3, 1), (2, 4), (3, 5), (2, 8),
+            (4, 9), (5, 3)]
+
+
+def rel_err(a, b):
+    b = np.asarray(b, dtype=np.float64)
+    scale = np.linalg.norm(b)
+    return np.linalg.norm(np.asarray(a, dtype=np.float64) - b) / (scale if scale > 0 else 1.0)
+
+
+@pytest.fixture(params=VARIANTS)
+def variant(request):
+    previous = _kernels.set_cpu_variant(request.param)
+    yield request.param
+    _kernels.set_cpu_variant(previous)
+
+
+def _check_layer(layer, batch, activation, rng, n_threads=None):
+    x = rng.standard_normal((batch, layer.n_in, layer.c_in)).astype(np.float32)
+    y = layer.forward(x, n_threads=n_threads)
+    y_ref = ref.fanin_forward(x, layer.connectivity, layer.weight, layer.bias, activation)
+    assert rel_err(y, y_ref) <= TOL
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    g = layer.backward(x, dy, y, n_threads=n_threads)
+    dx, dW, db = ref.fanin_backward(x, layer.connectivity, layer.weight, layer.bias, dy,
+                                    activation)
+    assert rel_err(g.input, dx) <= TOL
+    assert rel_err(g.weight, dW) <= TOL
+    assert rel_err(g.bias, db) <= TOL
+
+
+def _layer(conn, c_in, c_out, activation, seed=0):
+    layer = sf.FanIn(conn, c_in, c_out, activation=activation, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    layer.bias = rng.standard_normal(layer.bias_shape).astype(np.float32)
+    return layer
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_batch_tile_remainders(variant, batch, rng):
+    # k = 9: one weight-gradient block of 8 rows and a remainder of 1
+    conn = sf.Connectivity.random(23, 19, 9, seed=batch)
+    for c_in, c_out, act in ((1, 1, "relu"), (2, 5, None)):
+        _check_layer(_layer(conn, c_in, c_out, act), batch, act, rng)
+
+
+@pytest.mark.parametrize("c_in,c_out", CHANNELS, ids=lambda v: str(v))
+def test_channel_blocks(variant, c_in, c_out, rng):
+    conn = sf.Connectivity.random(17, 11, 3, seed=c_in * 10 + c_out)
+    for batch in (5, 37):
+        _check_layer(_layer(conn, c_in, c_out, "relu"), batch, "relu", rng)
+
+
+@pytest.mark.parametrize("k", [1, 2, 7, 8, 9, 16, 17])
+def test_weight_gradient_row_blocks(variant, k, rng):
+    conn = make_connectivity("random", 20, 13, k, seed=k)
+    for c_in, c_out in ((1, 1), (3, 1), (1, 4), (3, 2)):
+        _check_layer(_layer(conn, c_in, c_out, None), 21, None, rng)
+
+
+def test_ragged_and_empty_rows(variant, rng):
+    conn = make_connectivity("ragged", 30, 25, 6, seed=3)
+    for c_in, c_out in ((1, 1), (2, 3)):
+        _check_layer(_layer(conn, c_in, c_out, "relu"), 70, "relu", rng)
+
+
+def test_large_input_prefetch_path(variant, rng):
+    # gathered rows larger than the kernels' L2 budget switch on software prefetching
+    conn = sf.Connectivity.random(2600, 40, 5, seed=0)
+    _check_layer(_layer(conn, 1, 1, "relu"), 112, "relu", rng)
+
+
+def test_large_batch_slabs(variant, rng):
+    # batches over 1024 columns are cut into slabs
+    conn = sf.Connectivity.random(9, 6, 3, seed=0)
+    _check_layer(_layer(conn, 1, 2, "relu"), 1100, "relu", rng)
+
+
+@pytest.mark.parametrize("conn_case", [("random", 120, 300, 9), ("ragged", 120, 200, 12),
+                                       ("partitions", 120, 300, 7)], ids=str)
+def test_bit_identical_for_any_thread_count(variant, conn_case, rng):
+    conn = make_connectivity(*conn_case, seed=1)
+    for c_in, c_out, batch in ((1, 1, 77), (2, 3, 40)):
+        layer = _layer(conn, c_in, c_out, "relu")
+        # above the kernels' parallel threshold, so 2 and 3 threads really split the rows
+        assert conn.nnz * c_in * c_out * batch >= 65536
+        x = rng.standard_normal((batch, conn.n_in, c_in)).astype(np.float32)
+        results = []
+        for n in (1, 2, 3):
+            y = layer.forward(x, n_threads=n)
+            g = layer.backward(x, np.cos(y), y, n_threads=n)
+            results.append((y, g.input, g.weight, g.bias))
+        for other in results[1:]:
+            for a, b in zip(results[0], other):
+                assert np.array_equal(a, b)
+
+
+def test_misaligned_feature_major_arrays(variant, rng):
+    conn = sf.Connectivity.random(30, 20, 6, seed=0)
+    layer = _layer(conn, 1, 2, None)
+    batch = 48
+    x = rng.standard_normal((batch, 30, 1)).astype(np.float32)
+    buf = np.empty(30 * batch + 1, np.float32)
+    xt = buf[1:].reshape(30, 1, batch)  # 4 bytes past the allocation: not 64-byte aligned
+    xt[...] = np.transpose(x, (1, 2, 0))
+    y = layer.forward_fm(xt)
+    y_ref = ref.fanin_forward(x, conn, layer.weight, layer.bias)
+    assert rel_err(np.transpose(y, (2, 0, 1)), y_ref) <= TOL
+
+
+def test_transpose_every_block_remainder(variant, rng):
+    for rows, cols in ((1, 1), (7, 9), (8, 8), (33, 65), (64, 31), (100, 257)):
+        a = rng.standard_normal((rows, cols)).astype(np.float32)
+        xt = sf.to_feature_major(a)
+        assert np.array_equal(xt[:, 0, :], a.T)
+        assert np.array_equal(sf.from_feature_major(xt, squeeze_channels=True), a)
+
+
+def test_variant_names_and_setter():
+    assert _kernels.CPU_VARIANTS == ("generic", "avx2", "avx512")
+    assert _kernels.cpu_variant() in VARIANTS
+    assert VARIANTS[0] == "generic"
+    with pytest.raises(ValueError):
+        _kernels.set_cpu_variant("sse9")
+
+
+@pytest.mark.parametrize("value,expect", [("generic", "generic"), ("bogus", None)])
+def test_env_var_caps_the_variant(value, expect, tmp_path):
+    code = "import sparsefan._kernels as k; print(k.cpu_variant())"
+    env = dict(os.environ, SPARSEFAN_CPU=value)
+    # run outside the source tree, so the installed package is imported
+    out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, check=True)
+    if expect is None:
+        assert "SPARSEFAN_CPU" in out.stderr
+        assert out.stdout.strip() == VARIANTS[-1]
+    else:
+        assert out.stdout.strip() == expect
