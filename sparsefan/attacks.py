@@ -113,12 +113,6 @@ class _Oracle:
         ok = pred != y if target is None else pred == target
         return val, grad.astype(np.float64), ok
 
-    def predict_ok(self, x, rows):
-        Z = self.net.unit_logits(np.ascontiguousarray(x, dtype=np.float32), self.n_threads)
-        pred = _true_pred(Z, self.net.aggregate)
-        y = self.y[rows]
-        return pred != y if self.target is None else pred == self.target[rows]
-
     def margins(self, x, rows):
         """Forward only: margin (minimize) on the true scores, plus a small surrogate term that
         breaks the plateaus of the vote; and whether each example is broken."""
@@ -378,15 +372,3 @@ def linear_l0(network, x, y, target=None, max_pixels=100, kappa=0.1, n_threads=N
         active = np.array(keep, dtype=np.int64)
     success = np.isfinite(size)
     return AttackResult(x_adv.astype(np.float32), success, size)
-
-
-def min_l0(network, x, y, max_pixels=100, rs_budgets=(), rs_queries=200, seed=0,
-           n_threads=None):
-    """The smallest number of changed pixels any L0 attack found per example: greedy
-    saliency, the linear-algebra attack and Sparse-RS at each of ``rs_budgets``."""
-    sizes = [greedy_l0(network, x, y, max_pixels, n_threads=n_threads).size,
-             linear_l0(network, x, y, max_pixels=max_pixels, n_threads=n_threads).size]
-    for k in rs_budgets:
-        r = sparse_rs(network, x, y, k, rs_queries, seed, n_threads)
-        sizes.append(r.size)
-    return np.min(np.stack(sizes), axis=0)

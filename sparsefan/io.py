@@ -260,11 +260,6 @@ def load_model(path):
     return network
 
 
-def read_metadata(path):
-    """The ``metadata`` dict stored in a model file (validated like :func:`load_model`)."""
-    return load_model(path).metadata
-
-
 # -- checkpoints --------------------------------------------------------------------------------
 
 def save_checkpoint(path, network, optimizer, config, epoch, history, best):

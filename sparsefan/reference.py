@@ -53,10 +53,6 @@ def fanin_backward(x, connectivity, weight, bias, dy, activation=None):
     return dx, dW, db
 
 
-def relu(z):
-    return np.maximum(z, 0.0)
-
-
 # -- networks -----------------------------------------------------------------------------------
 
 def network_unit_logits(x, layers):
