@@ -211,6 +211,68 @@ SF_STATIC void SF_FN(gather_b1)(const sf_gather_args *a, int64_t u0, int64_t u1)
     }
 }
 
+/* One example, several channels: per unit, a block of up to SF_B1V * VL output channels accumulates
+ * x[row, g] * W[slot, g, h0:h0+nh] over the unit's connections -- a contiguous weight row when
+ * wsh == 1 (the forward pass), so the loop over channels vectorizes; the batch-tile path would
+ * use one lane of each vector. Same summation order as the tiles: connections, then channels. */
+#define SF_B1V 4 /* vectors of output channels per block: 4 * VL channels */
+SF_STATIC void SF_FN(gather_b1h)(const sf_gather_args *a, int64_t u0, int64_t u1)
+{
+    const int64_t G = a->G, H = a->H;
+    const int64_t wslot = a->wslot, wsg = a->wsg, wsh = a->wsh;
+    const int32_t *rows = a->rows;
+    const int64_t *slots = a->slots;
+    const int64_t blk = (int64_t)SF_B1V * VL;
+    for (int64_t u = u0; u < u1; ++u) {
+        for (int64_t h0 = 0; h0 < H; h0 += blk) {
+            const int64_t nh = H - h0 < blk ? H - h0 : blk;
+            const int nv = (int)((nh + VL - 1) / VL);
+            const int nlast = (int)(nh - (int64_t)(nv - 1) * VL);
+            float *out = a->out + u * H + h0;
+            const float *init = a->bias != NULL ? a->bias + u * H + h0 : out;
+            if (wsh == 1) {
+                vf acc[SF_B1V];
+                for (int v = 0; v < SF_B1V; ++v)
+                    acc[v] = v < nv - 1 ? V_LOAD(init + v * VL)
+                                        : (v == nv - 1 ? V_LOADN(init + v * VL, nlast) : V_ZERO());
+                for (int64_t q = a->ptr[u]; q < a->ptr[u + 1]; ++q) {
+                    const float *xr = a->in + (int64_t)rows[q] * G;
+                    const float *wq = a->W + (slots != NULL ? slots[q] : q) * wslot + h0;
+                    for (int64_t g = 0; g < G; ++g) {
+                        const vf xv = V_SET1(xr[g]);
+                        const float *w = wq + g * wsg;
+                        for (int v = 0; v < SF_B1V; ++v)
+                            if (v < nv - 1)
+                                acc[v] = V_FMA(xv, V_LOAD(w + v * VL), acc[v]);
+                            else if (v == nv - 1)
+                                acc[v] = V_FMA(xv, V_LOADN(w + v * VL, nlast), acc[v]);
+                    }
+                }
+                for (int v = 0; v < nv; ++v) {
+                    const vf r = a->relu ? V_RELU(acc[v]) : acc[v];
+                    if (v < nv - 1)
+                        V_STORE(out + v * VL, r);
+                    else
+                        V_STOREN(out + v * VL, r, nlast);
+                }
+            } else { /* strided weights (the input gradient): scalar accumulators */
+                float acc[SF_B1V * 16];
+                for (int64_t h = 0; h < nh; ++h)
+                    acc[h] = init[h];
+                for (int64_t q = a->ptr[u]; q < a->ptr[u + 1]; ++q) {
+                    const float *xr = a->in + (int64_t)rows[q] * G;
+                    const float *wq = a->W + (slots != NULL ? slots[q] : q) * wslot + h0 * wsh;
+                    for (int64_t g = 0; g < G; ++g)
+                        for (int64_t h = 0; h < nh; ++h)
+                            acc[h] += xr[g] * wq[g * wsg + h * wsh];
+                }
+                for (int64_t h = 0; h < nh; ++h)
+                    out[h] = (a->relu && acc[h] < 0.0f) ? 0.0f : acc[h]; /* NaN propagates */
+            }
+        }
+    }
+}
+
 SF_STATIC void SF_FN(gather)(const sf_gather_args *a, int64_t u0, int64_t u1, int64_t b0,
                              int64_t b1)
 {
@@ -229,8 +291,11 @@ SF_STATIC void SF_FN(gather)(const sf_gather_args *a, int64_t u0, int64_t u1, in
 #endif
     };
     const int64_t H = a->H;
-    if (a->B == 1 && H == 1 && a->G == 1) {
-        SF_FN(gather_b1)(a, u0, u1);
+    if (a->B == 1) {
+        if (H == 1 && a->G == 1)
+            SF_FN(gather_b1)(a, u0, u1);
+        else
+            SF_FN(gather_b1h)(a, u0, u1);
         return;
     }
     const int TF = H == 1 ? SF_T1 : SF_TC;
