@@ -13,22 +13,12 @@ overhead of ``predict`` over the bare kernel calls at batch 1.
 import argparse
 import os
 import tempfile
-import time
 
 import numpy as np
 
 import sparsefan as sf
+from sparsefan._timing import median_seconds as median_time
 from sparsefan import _kernels
-
-
-def median_time(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def kernels_only(net, x1):

@@ -10,22 +10,12 @@ FLOPs follow the wiring alone), a per-unit head of 10 classes. Medians of repeat
 passes in the kernels' layout; the exponent is the least-squares slope of log(time) on log(N).
 """
 import argparse
-import time
 
 import numpy as np
 
 import sparsefan as sf
+from sparsefan._timing import median_seconds as median_time
 from sparsefan import builders
-
-
-def median_time(fn, repeats=15):
-    fn()
-    t = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        t.append(time.perf_counter() - t0)
-    return float(np.median(t))
 
 
 def build(kind, side):
@@ -52,7 +42,7 @@ def main():
             net = build(kind, side)
             N = side * side
             xt = sf.to_feature_major(rng.random((args.batch, N), dtype=np.float32))
-            t = median_time(lambda: net.forward_fm(xt)) / args.batch
+            t = median_time(lambda: net.forward_fm(xt), 15) / args.batch
             results[kind].append((N, net.flops(), t))
             print(f"{kind:12s} {N:6d} {net.flops():12,d} {t * 1e6:11.2f}", flush=True)
     print("fitted exponents (time ~ N^a; FLOPs ~ N^b):")

@@ -103,18 +103,10 @@ def cmd_info(args):
     return 0
 
 
-def _median_seconds(fn, repeat):
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
 def cmd_demo(args):
     import sparsefan as sf
     from sparsefan import builders, datasets
+    from sparsefan._timing import median_seconds
     from sparsefan.train import TrainConfig, as_float_inputs, evaluate, train
 
     x_train, y_train, x_test, y_test = datasets.load_embedded()
@@ -131,8 +123,8 @@ def cmd_demo(args):
     print(f"test accuracy {100 * acc:.2f}% on {len(x_test)} held-out images "
           f"(trained {result.seconds:.1f}s)")
     one = xt[:1]
-    t1 = _median_seconds(lambda: net.predict(one, args.threads), 51)
-    tb = _median_seconds(lambda: net.predict(xt, args.threads), 5)
+    t1 = median_seconds(lambda: net.predict(one, args.threads), 51)
+    tb = median_seconds(lambda: net.predict(xt, args.threads), 5)
     print(f"inference: single example {t1 * 1e3:.2f} ms (median of 51); batch of {len(xt)}: "
           f"{tb * 1e3:.0f} ms = {len(xt) / tb:,.0f} examples/s")
     if args.out:
