@@ -182,3 +182,17 @@ def sanitizers_work(cc="cc"):
         if p.returncode != 0:
             return False
         return subprocess.run([exe], capture_output=True).returncode == 0
+
+
+def check_against_engine(net, scores, logits, classes, x):
+    """An export's outputs vs the engine: logits and scores within 1e-4 (probabilities within
+    1e-5 for mean_prob, whose log-scores are compared where not tiny), identical classes."""
+    assert np.abs(logits - net.unit_logits(x)).max() <= 1e-4
+    ref = net.scores(x)
+    if net.aggregate == "mean_prob":
+        np.testing.assert_allclose(np.exp(scores), np.exp(ref), rtol=0, atol=1e-5)
+        ok = ref > -20
+        assert np.abs(scores[ok] - ref[ok]).max() <= 1e-4
+    else:
+        assert np.abs(scores - ref).max() <= 1e-4
+    np.testing.assert_array_equal(classes, net.predict(x))

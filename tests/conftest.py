@@ -33,3 +33,17 @@ def make_connectivity(scheme, n_in, n_out, k, seed=0):
                 for _ in range(n_out)]
         return sf.Connectivity.from_rows(n_in, rows)
     raise ValueError(scheme)
+
+
+def numeric_grad(f, arr, eps=1e-6):
+    """Central differences of the scalar f() with respect to every entry of arr (in place)."""
+    g = np.zeros_like(arr)
+    for idx in np.ndindex(arr.shape):
+        old = arr[idx]
+        arr[idx] = old + eps
+        up = f()
+        arr[idx] = old - eps
+        down = f()
+        arr[idx] = old
+        g[idx] = (up - down) / (2 * eps)
+    return g

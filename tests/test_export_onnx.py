@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from _export_helpers import inputs, trained_mnist, zoo
+from _export_helpers import check_against_engine as check, inputs, trained_mnist, zoo
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -19,18 +19,6 @@ def run(path, x):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     scores, logits, label = sess.run(["scores", "logits", "label"], {"input": x})
     return scores, logits.transpose(1, 2, 0), label
-
-
-def check(net, scores, logits, label, x):
-    assert np.abs(logits - net.unit_logits(x)).max() <= 1e-4
-    ref = net.scores(x)
-    if net.aggregate == "mean_prob":
-        np.testing.assert_allclose(np.exp(scores), np.exp(ref), rtol=0, atol=1e-5)
-        ok = ref > -20
-        assert np.abs(scores[ok] - ref[ok]).max() <= 1e-4
-    else:
-        assert np.abs(scores - ref).max() <= 1e-4
-    np.testing.assert_array_equal(label, net.predict(x))
 
 
 @pytest.mark.parametrize("key", list(ZOO))

@@ -6,7 +6,7 @@ import pytest
 import sparsefan as sf
 from sparsefan import reference as ref
 
-from conftest import make_connectivity
+from conftest import make_connectivity, numeric_grad
 
 TOL = 1e-5  # ||C - ref|| / ||ref||, float32 kernels against the float64 reference
 
@@ -164,19 +164,6 @@ def test_nan_propagates_when_not_checked():
 
 # -- the reference against central finite differences ------------------------------------------
 
-def _numeric_grad(f, arr, eps=1e-6):
-    g = np.zeros_like(arr)
-    for idx in np.ndindex(arr.shape):
-        old = arr[idx]
-        arr[idx] = old + eps
-        up = f()
-        arr[idx] = old - eps
-        down = f()
-        arr[idx] = old
-        g[idx] = (up - down) / (2 * eps)
-    return g
-
-
 @pytest.mark.parametrize("activation", [None, "relu"], ids=["linear", "relu"])
 @pytest.mark.parametrize("conn_case", [("random", 9, 6, 3), ("ragged", 8, 5, 2),
                                        ("gaussian", 12, 4, 4), ("dense", 5, 3, 5)], ids=_ids)
@@ -194,9 +181,9 @@ def test_reference_gradients_match_finite_differences(conn_case, activation):
 
     dx, dW, db = ref.fanin_backward(x, conn, W, b, dy, activation)
     # ReLU kinks: a random draw sits far from z = 0 at eps = 1e-6 with overwhelming probability
-    np.testing.assert_allclose(dx, _numeric_grad(loss, x), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(dW, _numeric_grad(loss, W), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(db, _numeric_grad(loss, b), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(dx, numeric_grad(loss, x), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(dW, numeric_grad(loss, W), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(db, numeric_grad(loss, b), rtol=1e-5, atol=1e-7)
 
 
 def test_openmp_flag_matches_the_build():

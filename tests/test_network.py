@@ -8,6 +8,8 @@ from sparsefan import aggregate as agg
 from sparsefan import builders, reference
 from sparsefan.network import Network
 
+from conftest import numeric_grad
+
 SHAPE = (6, 6)
 
 
@@ -70,21 +72,7 @@ def _fd_grads(net, x, y, aggregate, aw, uw, eps=1e-5):
         views = [P(l, wb) for l, wb in zip(net.layers, params)]
         return reference.network_loss(x, y, views, aggregate, aw, uw)
 
-    out = []
-    for wb in params:
-        gs = []
-        for arr in wb:
-            g = np.zeros_like(arr)
-            for idx in np.ndindex(arr.shape):
-                old = arr[idx]
-                arr[idx] = old + eps
-                up = loss()
-                arr[idx] = old - eps
-                down = loss()
-                arr[idx] = old
-                g[idx] = (up - down) / (2 * eps)
-            gs.append(g)
-        out.append(gs)
+    out = [[numeric_grad(loss, arr, eps) for arr in wb] for wb in params]
     return out, loss()
 
 
