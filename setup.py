@@ -88,7 +88,7 @@ extensions = [
         include_dirs=["csrc"],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
-        depends=["csrc/fanin.h", "csrc/fanin_kernels.h", "csrc/fanin_simd.h",
+        depends=["csrc/fanin.h", "csrc/fanin_kernels.h", "csrc/fanin_simd.h", "csrc/fanin_ymm.h",
                  "sparsefan/_fanin.pxd"],
     )
 ]

@@ -17,35 +17,29 @@
 typedef __m512 vf;
 #define VL 16
 
-/* dst[r] += sum of the lanes of h[r] for r < 8: three hadd levels and one 128-bit swap */
-static inline SF_ATTR void sf_hsum8_add_ymm(float *dst, const __m256 h[8])
+#include "fanin_ymm.h"
+
+/* the two 256-bit halves of v, added lane by lane */
+static inline SF_ATTR __m256 sf_fold_zmm(__m512 v)
 {
-    const __m256 t0 = _mm256_hadd_ps(h[0], h[1]), t1 = _mm256_hadd_ps(h[2], h[3]);
-    const __m256 t2 = _mm256_hadd_ps(h[4], h[5]), t3 = _mm256_hadd_ps(h[6], h[7]);
-    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
-    const __m256 s = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
-                                   _mm256_permute2f128_ps(u0, u1, 0x31));
-    _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_loadu_ps(dst), s));
+    return _mm256_add_ps(_mm512_castps512_ps256(v),
+                         _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
 }
+
 /* dst[r] += sum of the lanes of v[r] for r < 8: fold each 512-bit vector to 256 bits first */
 static inline SF_ATTR void sf_hsum8_add_zmm(float *dst, const __m512 v[8])
 {
     __m256 h[8];
     for (int r = 0; r < 8; ++r)
-        h[r] = _mm256_add_ps(_mm512_castps512_ps256(v[r]),
-                             _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v[r]), 1)));
+        h[r] = sf_fold_zmm(v[r]);
     sf_hsum8_add_ymm(dst, h);
 }
 #define SF_HSUM8_ADD(dst, v) sf_hsum8_add_zmm(dst, v)
 
-/* The lane sum in the order of sf_hsum8_add_zmm's tree (see the AVX2 variant) */
+/* The lane sum in the order of sf_hsum8_add_zmm's tree: fold to 256 bits, then the shared sum */
 static inline SF_ATTR float sf_hsum16(__m512 v)
 {
-    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v),
-                                   _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-    const __m256 t = _mm256_hadd_ps(h, h);
-    const __m256 u = _mm256_hadd_ps(t, t);
-    return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1)));
+    return sf_hsum_ymm(sf_fold_zmm(v));
 }
 
 #define SF_MASK16(n) ((__mmask16)((1u << (n)) - 1u))
