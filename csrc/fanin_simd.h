@@ -211,64 +211,114 @@ SF_STATIC void SF_FN(gather_b1)(const sf_gather_args *a, int64_t u0, int64_t u1)
     }
 }
 
-/* One example, several channels: per unit, a block of up to SF_B1V * VL output channels accumulates
- * x[row, g] * W[slot, g, h0:h0+nh] over the unit's connections -- a contiguous weight row when
- * wsh == 1 (the forward pass), so the loop over channels vectorizes; the batch-tile path would
- * use one lane of each vector. Same summation order as the tiles: connections, then channels. */
-#define SF_B1V 4 /* vectors of output channels per block: 4 * VL channels */
+/* One example, several channels, contiguous weight rows (wsh == 1: the forward pass): unit u's
+ * output channels [h0, h0 + NV * VL) (the last vector holding nlast lanes) accumulate
+ * x[row, g] * W[slot, g, h0:...] over the unit's (connection, channel) pairs. The pairs are dealt
+ * round-robin to P sets of accumulators -- over the channels when G is a multiple of P, else over
+ * the connections -- so that P * NV independent FMA chains hide the FMA latency (one chain per
+ * vector would leave the core waiting: a single example has no batch to spread over). The sets
+ * are added pairwise at the end, in a fixed order. NV and P are compile-time constants. */
+SF_INLINE void SF_FN(b1h_block)(const sf_gather_args *a, int64_t u, int64_t h0, const int NV,
+                                const int P, int nlast)
+{
+    const int64_t G = a->G, H = a->H, wslot = a->wslot, wsg = a->wsg;
+    const int32_t *rows = a->rows;
+    const int64_t *slots = a->slots;
+    float *out = a->out + u * H + h0;
+    const float *init = a->bias != NULL ? a->bias + u * H + h0 : out;
+    vf acc[4][4];
+#define SF_B1_W(w, v) ((v) < NV - 1 ? V_LOAD((w) + (v) * VL) : V_LOADN((w) + (v) * VL, nlast))
+    for (int p = 0; p < P; ++p)
+        for (int v = 0; v < NV; ++v)
+            acc[p][v] = p > 0 ? V_ZERO() : SF_B1_W(init, v);
+    const int64_t q0 = a->ptr[u], q1 = a->ptr[u + 1];
+    if (G % P == 0) { /* deal the channels of each connection */
+        for (int64_t q = q0; q < q1; ++q) {
+            const float *xr = a->in + (int64_t)rows[q] * G;
+            const float *wq = a->W + (slots != NULL ? slots[q] : q) * wslot + h0;
+            for (int64_t g = 0; g < G; g += P)
+                for (int p = 0; p < P; ++p) {
+                    const vf xv = V_SET1(xr[g + p]);
+                    const float *w = wq + (g + p) * wsg;
+                    for (int v = 0; v < NV; ++v)
+                        acc[p][v] = V_FMA(xv, SF_B1_W(w, v), acc[p][v]);
+                }
+        }
+    } else { /* deal the connections (each with all its channels) */
+        int64_t q = q0;
+        for (; q + P <= q1; q += P)
+            for (int p = 0; p < P; ++p) {
+                const float *xr = a->in + (int64_t)rows[q + p] * G;
+                const float *wq = a->W + (slots != NULL ? slots[q + p] : q + p) * wslot + h0;
+                for (int64_t g = 0; g < G; ++g) {
+                    const vf xv = V_SET1(xr[g]);
+                    for (int v = 0; v < NV; ++v)
+                        acc[p][v] = V_FMA(xv, SF_B1_W(wq + g * wsg, v), acc[p][v]);
+                }
+            }
+        for (; q < q1; ++q) {
+            const float *xr = a->in + (int64_t)rows[q] * G;
+            const float *wq = a->W + (slots != NULL ? slots[q] : q) * wslot + h0;
+            for (int64_t g = 0; g < G; ++g) {
+                const vf xv = V_SET1(xr[g]);
+                for (int v = 0; v < NV; ++v)
+                    acc[0][v] = V_FMA(xv, SF_B1_W(wq + g * wsg, v), acc[0][v]);
+            }
+        }
+    }
+#undef SF_B1_W
+    for (int v = 0; v < NV; ++v) {
+        vf r = acc[0][v];
+        if (P == 2)
+            r = V_ADD(acc[0][v], acc[1][v]);
+        else if (P == 4)
+            r = V_ADD(V_ADD(acc[0][v], acc[1][v]), V_ADD(acc[2][v], acc[3][v]));
+        if (a->relu)
+            r = V_RELU(r);
+        if (v < NV - 1)
+            V_STORE(out + v * VL, r);
+        else
+            V_STOREN(out + v * VL, r, nlast);
+    }
+}
+
+/* One example, several channels: per unit, blocks of up to 4 * VL output channels. Strided
+ * weights (wsh > 1: the input gradient) take a scalar loop. */
 SF_STATIC void SF_FN(gather_b1h)(const sf_gather_args *a, int64_t u0, int64_t u1)
 {
     const int64_t G = a->G, H = a->H;
     const int64_t wslot = a->wslot, wsg = a->wsg, wsh = a->wsh;
     const int32_t *rows = a->rows;
     const int64_t *slots = a->slots;
-    const int64_t blk = (int64_t)SF_B1V * VL;
+    const int64_t blk = 4 * (int64_t)VL;
     for (int64_t u = u0; u < u1; ++u) {
         for (int64_t h0 = 0; h0 < H; h0 += blk) {
             const int64_t nh = H - h0 < blk ? H - h0 : blk;
             const int nv = (int)((nh + VL - 1) / VL);
             const int nlast = (int)(nh - (int64_t)(nv - 1) * VL);
+            if (wsh == 1) {
+                switch (nv) { /* P x NV <= 8 independent chains */
+                case 1: SF_FN(b1h_block)(a, u, h0, 1, 4, nlast); break;
+                case 2: SF_FN(b1h_block)(a, u, h0, 2, 4, nlast); break;
+                case 3: SF_FN(b1h_block)(a, u, h0, 3, 2, nlast); break;
+                default: SF_FN(b1h_block)(a, u, h0, 4, 2, nlast); break;
+                }
+                continue;
+            }
             float *out = a->out + u * H + h0;
             const float *init = a->bias != NULL ? a->bias + u * H + h0 : out;
-            if (wsh == 1) {
-                vf acc[SF_B1V];
-                for (int v = 0; v < SF_B1V; ++v)
-                    acc[v] = v < nv - 1 ? V_LOAD(init + v * VL)
-                                        : (v == nv - 1 ? V_LOADN(init + v * VL, nlast) : V_ZERO());
-                for (int64_t q = a->ptr[u]; q < a->ptr[u + 1]; ++q) {
-                    const float *xr = a->in + (int64_t)rows[q] * G;
-                    const float *wq = a->W + (slots != NULL ? slots[q] : q) * wslot + h0;
-                    for (int64_t g = 0; g < G; ++g) {
-                        const vf xv = V_SET1(xr[g]);
-                        const float *w = wq + g * wsg;
-                        for (int v = 0; v < SF_B1V; ++v)
-                            if (v < nv - 1)
-                                acc[v] = V_FMA(xv, V_LOAD(w + v * VL), acc[v]);
-                            else if (v == nv - 1)
-                                acc[v] = V_FMA(xv, V_LOADN(w + v * VL, nlast), acc[v]);
-                    }
-                }
-                for (int v = 0; v < nv; ++v) {
-                    const vf r = a->relu ? V_RELU(acc[v]) : acc[v];
-                    if (v < nv - 1)
-                        V_STORE(out + v * VL, r);
-                    else
-                        V_STOREN(out + v * VL, r, nlast);
-                }
-            } else { /* strided weights (the input gradient): scalar accumulators */
-                float acc[SF_B1V * 16];
-                for (int64_t h = 0; h < nh; ++h)
-                    acc[h] = init[h];
-                for (int64_t q = a->ptr[u]; q < a->ptr[u + 1]; ++q) {
-                    const float *xr = a->in + (int64_t)rows[q] * G;
-                    const float *wq = a->W + (slots != NULL ? slots[q] : q) * wslot + h0 * wsh;
-                    for (int64_t g = 0; g < G; ++g)
-                        for (int64_t h = 0; h < nh; ++h)
-                            acc[h] += xr[g] * wq[g * wsg + h * wsh];
-                }
-                for (int64_t h = 0; h < nh; ++h)
-                    out[h] = (a->relu && acc[h] < 0.0f) ? 0.0f : acc[h]; /* NaN propagates */
+            float acc[4 * 16];
+            for (int64_t h = 0; h < nh; ++h)
+                acc[h] = init[h];
+            for (int64_t q = a->ptr[u]; q < a->ptr[u + 1]; ++q) {
+                const float *xr = a->in + (int64_t)rows[q] * G;
+                const float *wq = a->W + (slots != NULL ? slots[q] : q) * wslot + h0 * wsh;
+                for (int64_t g = 0; g < G; ++g)
+                    for (int64_t h = 0; h < nh; ++h)
+                        acc[h] += xr[g] * wq[g * wsg + h * wsh];
             }
+            for (int64_t h = 0; h < nh; ++h)
+                out[h] = (a->relu && acc[h] < 0.0f) ? 0.0f : acc[h]; /* NaN propagates */
         }
     }
 }

@@ -79,6 +79,23 @@ def test_channel_blocks(variant, c_in, c_out, rng):
         _check_layer(_layer(conn, c_in, c_out, "relu"), batch, "relu", rng)
 
 
+# batch 1 with channels: blocks of up to 4 vectors of output channels (1..4 vectors, and a
+# block after the first 4 * VL channels), accumulators dealt over the channels (c_in a multiple
+# of 4) or over the connections (any other c_in; fan-in below, at and above 4)
+B1_CHANNELS = [(1, 2), (1, 8), (1, 17), (4, 9), (8, 16), (16, 10), (3, 33), (5, 40), (2, 64),
+               (12, 67), (1, 130), (7, 1)]
+
+
+@pytest.mark.parametrize("c_in,c_out", B1_CHANNELS, ids=lambda v: str(v))
+@pytest.mark.parametrize("k", [1, 3, 4, 9])
+def test_single_example_channel_blocks(variant, k, c_in, c_out, rng):
+    conn = sf.Connectivity.random(15, 6, k, seed=k + c_in)
+    for act in ("relu", None):
+        _check_layer(_layer(conn, c_in, c_out, act), 1, act, rng)
+    ragged = make_connectivity("ragged", 15, 9, k, seed=k)
+    _check_layer(_layer(ragged, c_in, c_out, "relu"), 1, "relu", rng)
+
+
 @pytest.mark.parametrize("k", [1, 2, 7, 8, 9, 16, 17])
 def test_weight_gradient_row_blocks(variant, k, rng):
     conn = make_connectivity("random", 20, 13, k, seed=k)
