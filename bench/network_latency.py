@@ -8,7 +8,7 @@ of 256, with sparsefan (``Network.predict``), with ONNX Runtime on the graph tha
 ``sparsefan.export.export_onnx`` writes (optional: onnx, onnxruntime), and with torch eager
 running the same network as gathers + batched matmuls (optional: torch; fixed fan-in layers
 only). Every peer's predictions are checked against sparsefan's first. Also prints the Python
-overhead of ``predict`` over the bare kernel calls at batch 1.
+overhead of ``predict`` over the bare C call (the fused whole-network forward) at batch 1.
 """
 import argparse
 import os
@@ -21,8 +21,14 @@ from sparsefan._timing import median_seconds as median_time
 from sparsefan import _kernels
 
 
-def kernels_only(net, x1):
-    """The layers' C kernels (or GEMMs) on preallocated buffers: no checks, no aggregation."""
+def kernels_only(net, x1, threads):
+    """The C time of one example: the fused whole-network call on preallocated buffers (or, for
+    networks with GEMM layers, the layers' kernels one by one). No checks, no aggregation."""
+    plan = net._fused_plan()
+    if plan is not None:
+        out = np.empty(net.n_units * net.n_classes, np.float32)
+        flat = np.ascontiguousarray(x1, dtype=np.float32).reshape(-1)
+        return lambda: plan.forward(out, flat, 1, threads)
     xt = sf.to_feature_major(x1)
     bufs = [np.empty((l.n_out, l.c_out, 1), np.float32) for l in net.layers]
 
@@ -35,7 +41,7 @@ def kernels_only(net, x1):
                 c = layer.connectivity
                 _kernels.fanin_forward(b.reshape(-1), h.reshape(-1), layer.weight.reshape(-1),
                                        layer.bias.reshape(-1), c.indptr, c.indices, layer.c_in,
-                                       layer.c_out, 1, layer.activation == "relu", 1)
+                                       layer.c_out, 1, layer.activation == "relu", threads)
             h = b
     return run
 
@@ -102,7 +108,7 @@ def main():
         want = net.predict(x, args.threads)
         sf_1 = median_time(lambda: net.predict(x1, args.threads), args.repeats)
         sf_b = median_time(lambda: net.predict(x, args.threads), max(11, args.repeats // 10))
-        k_1 = median_time(kernels_only(net, x1), args.repeats) if args.threads == 1 else None
+        k_1 = median_time(kernels_only(net, x1, args.threads), args.repeats)
         cells = []
         for make in (ort_session, torch_model):
             run, why = make(net, args.threads)

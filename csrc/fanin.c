@@ -146,47 +146,69 @@ static int64_t slab_width(int64_t B)
     return B <= SLAB_MAX_COLUMNS ? B : SLAB_MAX_COLUMNS;
 }
 
+/* Prefetch the gathered rows when they do not fit in L2. */
+static void set_prefetch(sf_gather_args *a, int64_t n_units, int64_t n_rows_in)
+{
+    a->prefetch_end = n_rows_in * a->G * a->B * (int64_t)sizeof(float) > PREFETCH_BYTES
+                          ? a->ptr[n_units] : 0;
+}
+
+static int64_t gather_work(const sf_gather_args *a, int64_t n_units)
+{
+    return (a->ptr[n_units] - a->ptr[0]) * a->G * a->H * a->B;
+}
+
+/* The gather pass over the row ranges bounds[0..n_chunks], run by every thread of the enclosing
+ * parallel region (or by the caller alone outside one). No barrier at the end. */
+static void gather_team(const sf_kernel_table *k, const sf_gather_args *a, const int64_t *bounds,
+                        int n_chunks)
+{
+    const int64_t slab = slab_width(a->B);
+    for (int64_t b0 = 0; b0 < a->B; b0 += slab) {
+        const int64_t b1 = b0 + slab < a->B ? b0 + slab : a->B;
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1) nowait
+#endif
+        for (int c = 0; c < n_chunks; ++c)
+            k->gather(a, bounds[c], bounds[c + 1], b0, b1);
+    }
+}
+
 static void run_gather(const sf_gather_args *args, int64_t n_units, int64_t n_rows_in,
                        int n_threads)
 {
-    sf_gather_args copy = *args;
-    const sf_gather_args *a = &copy;
-    /* prefetch when the gathered rows do not fit in L2 */
-    copy.prefetch_end = n_rows_in * args->G * args->B * (int64_t)sizeof(float) > PREFETCH_BYTES
-                            ? args->ptr[n_units] : 0;
+    sf_gather_args a = *args;
+    set_prefetch(&a, n_units, n_rows_in);
     const sf_kernel_table *k = kernels();
-    const int64_t work = (a->ptr[n_units] - a->ptr[0]) * a->G * a->H * a->B;
-    const int par = use_threads(work, n_threads);
+    const int par = use_threads(gather_work(&a, n_units), n_threads);
     int64_t bounds[MAX_CHUNKS + 1];
-    const int n_chunks = split_rows(a->ptr, n_units, par ? n_threads : 1, bounds);
-    const int64_t slab = slab_width(a->B);
+    const int n_chunks = split_rows(a.ptr, n_units, par ? n_threads : 1, bounds);
     (void)par;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(n_threads) if (par)
 #endif
-    {
-        for (int64_t b0 = 0; b0 < a->B; b0 += slab) {
-            const int64_t b1 = b0 + slab < a->B ? b0 + slab : a->B;
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1) nowait
-#endif
-            for (int c = 0; c < n_chunks; ++c)
-                k->gather(a, bounds[c], bounds[c + 1], b0, b1);
-        }
-    }
+    gather_team(k, &a, bounds, n_chunks);
 }
 
 /* ------------------------------------------------------------------------------------------ */
 /* forward and backward                                                                        */
+
+/* y[j, o, :] = act(b[j, o] + sum_{p, c} W[p, c, o] * x[indices[p], c, :]) */
+static sf_gather_args forward_args(float *y, const float *x, const float *W, const float *b,
+                                   const int64_t *indptr, const int32_t *indices, int64_t c_in,
+                                   int64_t c_out, int64_t B, int relu)
+{
+    const sf_gather_args a = {y, x, W, b, indptr, indices, NULL,
+                              c_in, c_out, B, c_in * c_out, c_out, 1, relu, 0};
+    return a;
+}
 
 void sf_fanin_forward(float *y, const float *x, const float *W, const float *b,
                       const int64_t *indptr, const int32_t *indices,
                       int64_t n_in, int64_t n_out, int64_t c_in, int64_t c_out, int64_t B,
                       int relu, int n_threads)
 {
-    /* y[j, o, :] = act(b[j, o] + sum_{p, c} W[p, c, o] * x[indices[p], c, :]) */
-    const sf_gather_args a = {y, x, W, b, indptr, indices, NULL,
-                              c_in, c_out, B, c_in * c_out, c_out, 1, relu, 0};
+    const sf_gather_args a = forward_args(y, x, W, b, indptr, indices, c_in, c_out, B, relu);
     run_gather(&a, n_out, n_in, n_threads);
 }
 
@@ -253,5 +275,79 @@ void sf_transpose(float *out, const float *in, int64_t rows, int64_t cols, int n
     for (int64_t it = 0; it < n_items; ++it) {
         const int64_t r0 = it * step;
         k->transpose(out, in, rows, cols, r0, r0 + step < rows ? r0 + step : rows);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* whole-network forward                                                                       */
+
+/* Activations between layers ping-pong between two scratch buffers of the largest hidden size;
+ * a batch of more than one example is first transposed into a third region. */
+int64_t sf_network_scratch_size(const sf_layer *layers, int n_layers, int64_t B)
+{
+    int64_t hidden = 0;
+    for (int l = 0; l + 1 < n_layers; ++l) {
+        const int64_t n = layers[l].n_out * layers[l].c_out * B;
+        hidden = n > hidden ? n : hidden;
+    }
+    const int64_t entry = B > 1 && n_layers > 0 ? layers[0].n_in * B : 0;
+    return entry + (n_layers > 1 ? hidden : 0) + (n_layers > 2 ? hidden : 0);
+}
+
+void sf_network_forward(float *out, const float *x, const sf_layer *layers, int n_layers,
+                        int64_t B, float *scratch, int n_threads)
+{
+    if (n_layers <= 0)
+        return;
+    const sf_kernel_table *k = kernels();
+    const int64_t n_in = layers[0].n_in;
+    int64_t hidden = 0;
+    int par = n_threads > 1 && B > 1 && n_in * B >= 4 * PARALLEL_MIN_WORK;
+    for (int l = 0; l < n_layers; ++l) {
+        const sf_layer *L = &layers[l];
+        if (l + 1 < n_layers && L->n_out * L->c_out * B > hidden)
+            hidden = L->n_out * L->c_out * B;
+        par |= use_threads(L->indptr[L->n_out] * L->c_in * L->c_out * B, n_threads);
+    }
+    const float *entry = B > 1 ? scratch : x; /* (n_in, 1, B) */
+    float *buf[2];
+    buf[0] = scratch + (B > 1 ? n_in * B : 0);
+    buf[1] = buf[0] + hidden;
+    /* shared by the team: the current layer's arguments and row ranges */
+    sf_gather_args args;
+    int64_t bounds[MAX_CHUNKS + 1];
+    int n_chunks = 0;
+    (void)par;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(n_threads) if (par)
+#endif
+    {
+        if (B > 1) { /* the layout change, (B, n_in) -> (n_in, B), in blocks of 32 rows */
+            const int64_t n_items = (B + 31) / 32;
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 4)
+#endif
+            for (int64_t it = 0; it < n_items; ++it)
+                k->transpose(scratch, x, B, n_in, it * 32, it * 32 + 32 < B ? it * 32 + 32 : B);
+        }
+        for (int l = 0; l < n_layers; ++l) {
+#ifdef _OPENMP
+#pragma omp single
+#endif
+            {
+                const sf_layer *L = &layers[l];
+                const float *in = l == 0 ? entry : buf[(l - 1) % 2];
+                float *y = l + 1 == n_layers ? out : buf[l % 2];
+                args = forward_args(y, in, L->W, L->b, L->indptr, L->indices, L->c_in,
+                                    L->c_out, B, L->relu);
+                set_prefetch(&args, L->n_out, L->n_in);
+                const int lp = use_threads(gather_work(&args, L->n_out), n_threads);
+                n_chunks = split_rows(L->indptr, L->n_out, lp ? n_threads : 1, bounds);
+            } /* implicit barrier: every thread sees args and bounds */
+            gather_team(k, &args, bounds, n_chunks);
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+        }
     }
 }

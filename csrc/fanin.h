@@ -78,6 +78,27 @@ void sf_relu_backward(float *dz, const float *dy, const float *y, int64_t n, int
  * entry and exit, (batch, features) <-> (features, batch). */
 void sf_transpose(float *out, const float *in, int64_t rows, int64_t cols, int n_threads);
 
+/* One layer of a network: the arguments of sf_fanin_forward without the activations. */
+typedef struct {
+    const float *W, *b;
+    const int64_t *indptr;
+    const int32_t *indices;
+    int64_t n_in, n_out, c_in, c_out;
+    int relu;
+} sf_layer;
+
+/* Floats of scratch memory sf_network_forward needs for this batch size. */
+int64_t sf_network_scratch_size(const sf_layer *layers, int n_layers, int64_t B);
+
+/* The layers in order, in one call (inference): x is (B, n_in) row-major -- the NumPy layout of
+ * a batch --, out is the last layer's [n_out][c_out][B]. Consecutive layers must agree
+ * (n_out, c_out of one = n_in, c_in of the next; layers[0].c_in == 1). Activations live in
+ * scratch (sf_network_scratch_size floats); one parallel region covers all the layers. The same
+ * per-layer kernels and work split as sf_fanin_forward, so the result is bit-identical to
+ * calling it layer by layer, for any n_threads. */
+void sf_network_forward(float *out, const float *x, const sf_layer *layers, int n_layers,
+                        int64_t B, float *scratch, int n_threads);
+
 #ifdef __cplusplus
 }
 #endif

@@ -6,11 +6,15 @@ from libc.stdint cimport int32_t, int64_t
 import os
 import warnings
 
+import numpy as np
+
 from sparsefan._fanin cimport (
     sf_openmp_enabled, SF_CPU_N_VARIANTS, sf_cpu_variant, sf_cpu_variant_name,
     sf_cpu_variant_supported, sf_set_cpu_variant, sf_fanin_forward, sf_fanin_backward_input,
-    sf_fanin_backward_params, sf_relu_backward, sf_transpose,
+    sf_fanin_backward_params, sf_relu_backward, sf_transpose, sf_layer, sf_network_scratch_size,
+    sf_network_forward,
 )
+from libc.stdlib cimport malloc, free
 
 
 def openmp_enabled():
@@ -130,3 +134,63 @@ def transpose(float[::1] out, const float[::1] inp, int64_t rows, int64_t cols, 
         return
     with nogil:
         sf_transpose(&out[0], &inp[0], rows, cols, n_threads)
+
+
+cdef class NetworkPlan:
+    """The layers of a network as one C call (sf_network_forward).
+
+    Built from a list of ``(W, b, indptr, indices, n_in, n_out, c_in, c_out, relu)`` with W, b
+    float32 and indptr int64 / indices int32, all C-contiguous (validated by the caller). The plan
+    holds the arrays, so the pointers it keeps stay valid; ``arrays`` lists them, so that the
+    caller can tell when a layer's parameters were replaced.
+    """
+    cdef sf_layer *layers
+    cdef int n_layers
+    cdef readonly tuple arrays
+    cdef readonly int64_t n_in, n_out, c_out
+
+    def __cinit__(self, specs):
+        specs = list(specs)
+        self.n_layers = len(specs)
+        self.layers = <sf_layer *>malloc(max(1, self.n_layers) * sizeof(sf_layer))
+        if self.layers == NULL:
+            raise MemoryError()
+        keep = []
+        cdef const float[::1] W
+        cdef const float[::1] b
+        cdef const int64_t[::1] ptr
+        cdef const int32_t[::1] idx
+        for l, (w_, b_, ptr_, idx_, n_in, n_out, c_in, c_out, relu) in enumerate(specs):
+            W = w_.reshape(-1)
+            b = b_.reshape(-1)
+            ptr = ptr_
+            idx = idx_
+            self.layers[l].W = &W[0] if W.shape[0] > 0 else NULL
+            self.layers[l].b = &b[0] if b.shape[0] > 0 else NULL
+            self.layers[l].indptr = &ptr[0]
+            self.layers[l].indices = &idx[0] if idx.shape[0] > 0 else NULL
+            self.layers[l].n_in = n_in
+            self.layers[l].n_out = n_out
+            self.layers[l].c_in = c_in
+            self.layers[l].c_out = c_out
+            self.layers[l].relu = 1 if relu else 0
+            keep.extend((w_, b_, ptr_, idx_))
+        self.arrays = tuple(keep)
+        self.n_in = specs[0][4]
+        self.n_out = specs[len(specs) - 1][5]
+        self.c_out = specs[len(specs) - 1][7]
+
+    def __dealloc__(self):
+        free(self.layers)
+
+    def forward(self, float[::1] out, const float[::1] x, int64_t batch, int n_threads):
+        """out (n_out * c_out * batch,) <- the layers on x (batch * n_in,), row-major batch."""
+        cdef int64_t n_scratch = sf_network_scratch_size(self.layers, self.n_layers, batch)
+        buf = np.empty(n_scratch + 16, dtype=np.float32)
+        cdef int64_t offset = (-buf.ctypes.data % 64) // 4  # a 64-byte aligned start
+        cdef float[::1] scratch = buf[offset:]
+        if batch == 0 or out.shape[0] == 0:
+            return
+        with nogil:
+            sf_network_forward(&out[0], &x[0], self.layers, self.n_layers, batch, &scratch[0],
+                               n_threads)

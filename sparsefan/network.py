@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sparsefan import _kernels
 from sparsefan import aggregate as agg
 from sparsefan._threads import resolve_n_threads
 from sparsefan._validation import check_array, check_int
@@ -133,14 +134,47 @@ class Network:
                 acts = acts[-1:]
         return acts if keep else acts[-1]
 
+    def _fused_plan(self):
+        """The layers as one C call (the inference path), or None when a layer runs as a GEMM.
+
+        Cached; rebuilt when a layer's weight, bias or connectivity arrays are replaced (in-place
+        updates, as the optimizers make, keep it valid)."""
+        if any(layer._use_blas for layer in self.layers):
+            return None
+        arrays = [a for layer in self.layers
+                  for a in (layer._weight, layer._bias, layer.connectivity.indptr,
+                            layer.connectivity.indices)]
+        plan = getattr(self, "_plan", None)
+        if (plan is None or len(plan.arrays) != len(arrays)
+                or any(a is not b for a, b in zip(plan.arrays, arrays))):
+            plan = _kernels.NetworkPlan([
+                (layer._weight, layer._bias, layer.connectivity.indptr,
+                 layer.connectivity.indices, layer.n_in, layer.n_out, layer.c_in, layer.c_out,
+                 layer.activation == "relu") for layer in self.layers])
+            self._plan = plan
+        return plan
+
     def unit_logits(self, x, n_threads=None, batch_size=4096):
-        """Per-unit class scores Z, shape (M, C, batch), float32."""
+        """Per-unit class scores Z, shape (M, C, batch), float32.
+
+        Fixed fan-in networks run as one C call per chunk of ``batch_size`` examples (layout
+        change, every layer, activations in scratch memory); networks with GEMM layers run
+        layer by layer."""
         x = self._check_x(x)
         n = resolve_n_threads(n_threads)
-        out = np.empty((self.n_units, self.n_classes, x.shape[0]), dtype=np.float32)
-        for s in range(0, x.shape[0], batch_size):
+        batch = x.shape[0]
+        out = np.empty((self.n_units, self.n_classes, batch), dtype=np.float32)
+        plan = self._fused_plan()
+        for s in range(0, batch, batch_size):
             xb = x[s:s + batch_size]
-            out[:, :, s:s + xb.shape[0]] = self.forward_fm(to_feature_major(xb, n), n)
+            if plan is None:
+                out[:, :, s:s + xb.shape[0]] = self.forward_fm(to_feature_major(xb, n), n)
+            elif xb.shape[0] == batch:
+                plan.forward(out.reshape(-1), xb.reshape(-1), batch, n)
+            else:
+                part = np.empty((self.n_units, self.n_classes, xb.shape[0]), dtype=np.float32)
+                plan.forward(part.reshape(-1), xb.reshape(-1), xb.shape[0], n)
+                out[:, :, s:s + xb.shape[0]] = part
         return out
 
     def predict_proba(self, x, n_threads=None):

@@ -168,3 +168,60 @@ def test_network_input_validation():
     assert net.predict(np.zeros((2, 6, 6), np.float32)).shape == (2,)
     with pytest.raises(ValueError, match="y must hold labels in"):
         net.loss_and_grad(np.zeros((2, 36), np.float32), np.array([0, 3]))
+
+
+# -- the fused whole-network forward (one C call for every layer) -------------------------------
+
+def _layer_by_layer(net, x, n_threads):
+    return net.forward_fm(sf.to_feature_major(x), n_threads)
+
+
+@pytest.mark.parametrize("builder", BUILDERS)
+def test_fused_forward_is_bit_identical_to_layer_by_layer(builder, rng):
+    net = small(builder)
+    randomize_biases(net)
+    assert (net._fused_plan() is None) == (builder == "dense_mlp")  # GEMM layers: no plan
+    x = rng.random((70, 36), dtype=np.float32)
+    for batch in (1, 2, 33, 70):
+        for n in (1, 2, 3):
+            assert np.array_equal(net.unit_logits(x[:batch], n), _layer_by_layer(net, x[:batch], n))
+    # chunks of the batch, each one C call
+    assert np.array_equal(net.unit_logits(x, batch_size=16), net.unit_logits(x))
+
+
+def test_fused_forward_large_enough_to_split_work(rng):
+    # above the kernels' parallel threshold: the layers and the entry transpose are split
+    net = builders.hierarchy((16, 16), 4, levels=2, n_units=300, fan_in=9, channels=(3, 5),
+                             seed=0)
+    randomize_biases(net)
+    x = rng.random((1100, 256), dtype=np.float32)  # 1100 x 256 values: the transpose is split too
+    want = reference.network_unit_logits(x, net.layers)
+    got = [net.unit_logits(x, n) for n in (1, 2, 3)]
+    np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(got[0], got[1]) and np.array_equal(got[0], got[2])
+    assert np.array_equal(got[0], _layer_by_layer(net, x, 2))
+
+
+def test_fused_forward_single_layer_and_ragged_rows(rng):
+    conn = sf.Connectivity.from_rows(10, [[0, 3, 9], [], [2], [1, 4, 5, 6, 7, 8]])
+    net = Network([sf.FanIn(conn, 1, 3, seed=0)], 3)
+    randomize_biases(net)
+    x = rng.random((5, 10), dtype=np.float32)
+    np.testing.assert_allclose(net.unit_logits(x), reference.network_unit_logits(x, net.layers),
+                               rtol=1e-5, atol=1e-6)
+    assert np.array_equal(net.unit_logits(x[:1]), _layer_by_layer(net, x[:1], 1))
+
+
+def test_fused_plan_follows_parameter_updates(rng):
+    net = small("hierarchy")
+    x = rng.random((4, 36), dtype=np.float32)
+    before = net.unit_logits(x)
+    plan = net._fused_plan()
+    net.layers[0].weight[...] *= 2.0  # in place (what the optimizers do): same plan
+    assert net._fused_plan() is plan
+    assert np.array_equal(net.unit_logits(x), _layer_by_layer(net, x, 1))
+    net.layers[-1].bias = np.ones(net.layers[-1].bias_shape, np.float32)  # replaced
+    assert net._fused_plan() is not plan
+    after = net.unit_logits(x)
+    assert np.array_equal(after, _layer_by_layer(net, x, 1))
+    assert not np.array_equal(after, before)
