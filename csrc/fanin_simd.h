@@ -219,9 +219,9 @@ SF_STATIC void SF_FN(gather_b1)(const sf_gather_args *a, int64_t u0, int64_t u1)
  * vector would leave the core waiting: a single example has no batch to spread over). The sets
  * are added pairwise at the end, in a fixed order. NV and P are compile-time constants. */
 SF_INLINE void SF_FN(b1h_block)(const sf_gather_args *a, int64_t u, int64_t h0, const int NV,
-                                const int P, int nlast)
+                                const int P, const int G1, int nlast)
 {
-    const int64_t G = a->G, H = a->H, wslot = a->wslot, wsg = a->wsg;
+    const int64_t G = G1 ? 1 : a->G, H = a->H, wslot = a->wslot, wsg = a->wsg;
     const int32_t *rows = a->rows;
     const int64_t *slots = a->slots;
     float *out = a->out + u * H + h0;
@@ -232,7 +232,7 @@ SF_INLINE void SF_FN(b1h_block)(const sf_gather_args *a, int64_t u, int64_t h0, 
         for (int v = 0; v < NV; ++v)
             acc[p][v] = p > 0 ? V_ZERO() : SF_B1_W(init, v);
     const int64_t q0 = a->ptr[u], q1 = a->ptr[u + 1];
-    if (G % P == 0) { /* deal the channels of each connection */
+    if (!G1 && G % P == 0) { /* deal the channels of each connection */
         for (int64_t q = q0; q < q1; ++q) {
             const float *xr = a->in + (int64_t)rows[q] * G;
             const float *wq = a->W + (slots != NULL ? slots[q] : q) * wslot + h0;
@@ -297,12 +297,20 @@ SF_STATIC void SF_FN(gather_b1h)(const sf_gather_args *a, int64_t u0, int64_t u1
             const int nv = (int)((nh + VL - 1) / VL);
             const int nlast = (int)(nh - (int64_t)(nv - 1) * VL);
             if (wsh == 1) {
-                switch (nv) { /* P x NV <= 8 independent chains */
-                case 1: SF_FN(b1h_block)(a, u, h0, 1, 4, nlast); break;
-                case 2: SF_FN(b1h_block)(a, u, h0, 2, 4, nlast); break;
-                case 3: SF_FN(b1h_block)(a, u, h0, 3, 2, nlast); break;
-                default: SF_FN(b1h_block)(a, u, h0, 4, 2, nlast); break;
-                }
+                if (G == 1) /* P x NV <= 8 independent chains */
+                    switch (nv) {
+                    case 1: SF_FN(b1h_block)(a, u, h0, 1, 4, 1, nlast); break;
+                    case 2: SF_FN(b1h_block)(a, u, h0, 2, 4, 1, nlast); break;
+                    case 3: SF_FN(b1h_block)(a, u, h0, 3, 2, 1, nlast); break;
+                    default: SF_FN(b1h_block)(a, u, h0, 4, 2, 1, nlast); break;
+                    }
+                else
+                    switch (nv) {
+                    case 1: SF_FN(b1h_block)(a, u, h0, 1, 4, 0, nlast); break;
+                    case 2: SF_FN(b1h_block)(a, u, h0, 2, 4, 0, nlast); break;
+                    case 3: SF_FN(b1h_block)(a, u, h0, 3, 2, 0, nlast); break;
+                    default: SF_FN(b1h_block)(a, u, h0, 4, 2, 0, nlast); break;
+                    }
                 continue;
             }
             float *out = a->out + u * H + h0;
