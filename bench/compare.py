@@ -526,6 +526,25 @@ def crossover(n_in, batch, args, writer_rows):
                 f"{ks[-1] / n_in:.0%})")
 
 
+def locality_ceiling(args, sgemm, n_in=784, k=28, batch=256):
+    """What the forward kernel reaches when its gathered rows sit in L1 (every unit reads the
+    same k inputs: the kernel's arithmetic ceiling) against random rows (served from L2 or
+    beyond): the gap is memory traffic, not arithmetic."""
+    log(f"\n## forward ceiling: N_in={n_in}, n_out={2 * n_in}, k={k}, batch={batch}")
+    rng = np.random.default_rng(0)
+    x = sf.to_feature_major(rng.standard_normal((batch, n_in)).astype(np.float32))
+    out = sf.layout.empty_aligned((2 * n_in, 1, batch))
+    cases = [("random rows (as in the tables)", sf.Connectivity.random(n_in, 2 * n_in, k, seed=0)),
+             ("same k rows for every unit (L1-resident)",
+              sf.Connectivity.from_rows(n_in, [list(range(k))] * (2 * n_in)))]
+    for label, conn in cases:
+        layer = sf.FanIn(conn, seed=0)
+        t = median_time(lambda: layer.forward_fm(x, out=out, n_threads=args.threads,
+                                                 check_finite=False), min_repeats=args.repeats)
+        gf = 2 * conn.nnz * batch / t / 1e9
+        log(f"   {label:<42} {gf:8.1f} GF/s {100 * gf / sgemm:6.0f}% sgemm")
+
+
 def parse_list(text):
     return [int(v) for v in text.split(",") if v.strip()]
 
@@ -555,6 +574,8 @@ def main(argv=None):
     ap.add_argument("--crossover", type=parse_list, default=None,
                     help="N_in values for the density crossover (default: 784,4096; "
                          "--quick: 784); 0 to skip")
+    ap.add_argument("--no-ceiling", dest="ceiling", action="store_false",
+                    help="skip the forward-ceiling diagnostic (L1-resident against random rows)")
     ap.add_argument("--csv", default="bench/compare_results.csv", help="CSV output path")
     args = ap.parse_args(argv)
     if args.quick:
@@ -591,6 +612,8 @@ def main(argv=None):
     log("columns: GF/s of useful work (2*nnz*batch per pass), % of that sgemm, and "
         "'sf x' = this library's time / sparsefan's time (>1: sparsefan is faster)")
 
+    if args.ceiling:
+        locality_ceiling(args, sgemm)
     rows = []
     os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
     with open(args.csv, "w", newline="") as f:
