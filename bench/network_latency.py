@@ -1,9 +1,11 @@
 """Whole-network inference latency: sparsefan against ONNX Runtime and torch eager, same run.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/network_latency.py MODEL.npz ...
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/network_latency.py MODEL ...
         [--threads 1] [--repeats 201]
 
-For each model file: the median time to classify one MNIST-sized example (batch 1) and a batch
+MODEL is a model file, or one of the MNIST architectures of experiments/mnist_results.py by
+name -- direct, hierarchy2, hierarchy3, dense_mlp -- built with random weights (the time does
+not depend on the values). For each model: the median time to classify one MNIST-sized example (batch 1) and a batch
 of 256, with sparsefan (``Network.predict``), with ONNX Runtime on the graph that
 ``sparsefan.export.export_onnx`` writes (optional: onnx, onnxruntime), and with torch eager
 running the same network as gathers + batched matmuls (optional: torch; fixed fan-in layers
@@ -19,6 +21,20 @@ import numpy as np
 import sparsefan as sf
 from sparsefan._timing import median_seconds as median_time
 from sparsefan import _kernels
+
+
+ARCHITECTURES = {  # the configurations of experiments/mnist_results.py
+    "direct": lambda: sf.builders.direct(fan_in=85, hidden=(32,)),
+    "hierarchy2": lambda: sf.builders.hierarchy(levels=2, channels=(8, 16)),
+    "hierarchy3": lambda: sf.builders.hierarchy(levels=3, channels=(8, 16, 16)),
+    "dense_mlp": lambda: sf.builders.dense_mlp(hidden=(256, 256)),
+}
+
+
+def load(name):
+    if not os.path.exists(name) and name in ARCHITECTURES:
+        return ARCHITECTURES[name]()
+    return sf.load_model(name)
 
 
 def kernels_only(net, x1, threads):
@@ -104,7 +120,7 @@ def main():
           f"{'ORT 1':>9s} {'torch 1':>9s} | {'sparsefan 256':>14s} {'ORT 256':>9s} "
           f"{'torch 256':>10s}")
     for path in args.models:
-        net = sf.load_model(path)
+        net = load(path)
         want = net.predict(x, args.threads)
         sf_1 = median_time(lambda: net.predict(x1, args.threads), args.repeats)
         sf_b = median_time(lambda: net.predict(x, args.threads), max(11, args.repeats // 10))

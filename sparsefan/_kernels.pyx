@@ -136,6 +136,10 @@ def transpose(float[::1] out, const float[::1] inp, int64_t rows, int64_t cols, 
         sf_transpose(&out[0], &inp[0], rows, cols, n_threads)
 
 
+# Scratch buffers up to this size are kept by a NetworkPlan for its next call.
+SPARE_SCRATCH_BYTES = 32 * 2**20
+
+
 cdef class NetworkPlan:
     """The layers of a network as one C call (sf_network_forward).
 
@@ -146,6 +150,7 @@ cdef class NetworkPlan:
     """
     cdef sf_layer *layers
     cdef int n_layers
+    cdef object spare  # a small scratch buffer kept between calls (fresh pages cost page faults)
     cdef readonly tuple arrays
     cdef readonly int64_t n_in, n_out, c_out
 
@@ -186,11 +191,16 @@ cdef class NetworkPlan:
     def forward(self, float[::1] out, const float[::1] x, int64_t batch, int n_threads):
         """out (n_out * c_out * batch,) <- the layers on x (batch * n_in,), row-major batch."""
         cdef int64_t n_scratch = sf_network_scratch_size(self.layers, self.n_layers, batch)
-        buf = np.empty(n_scratch + 16, dtype=np.float32)
-        cdef int64_t offset = (-buf.ctypes.data % 64) // 4  # a 64-byte aligned start
-        cdef float[::1] scratch = buf[offset:]
         if batch == 0 or out.shape[0] == 0:
             return
+        # take the kept buffer (under the GIL, so a concurrent call cannot share it)
+        buf, self.spare = self.spare, None
+        if buf is None or buf.shape[0] < n_scratch + 16:
+            buf = np.empty(n_scratch + 16, dtype=np.float32)
+        cdef int64_t offset = (-buf.ctypes.data % 64) // 4  # a 64-byte aligned start
+        cdef float[::1] scratch = buf[offset:]
         with nogil:
             sf_network_forward(&out[0], &x[0], self.layers, self.n_layers, batch, &scratch[0],
                                n_threads)
+        if buf.nbytes <= SPARE_SCRATCH_BYTES:
+            self.spare = buf
