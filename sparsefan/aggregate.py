@@ -16,14 +16,16 @@ AGGREGATES = ("mean_logits", "mean_prob", "vote")
 
 
 def softmax(z, axis):
-    z = z - z.max(axis=axis, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
+    e = z - z.max(axis=axis, keepdims=True)  # the one array-sized result; then in place
+    np.exp(e, out=e)
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
 
 
 def log_softmax(z, axis):
     z = z - z.max(axis=axis, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
+    z -= np.log(np.exp(z).sum(axis=axis, keepdims=True))
+    return z
 
 
 def mean_logits(Z):
@@ -71,19 +73,18 @@ def aggregate_loss(Z, y, aggregate):
 
     Z (M, C, B), y (B,) int class labels.
     """
-    Z = np.asarray(Z, dtype=np.float64)
-    M, C, B = Z.shape
+    M, C, B = np.shape(Z)
     cols = np.arange(B)
     if aggregate == "mean_logits":
-        S = Z.mean(axis=0)  # (C, B)
+        S = np.mean(Z, axis=0, dtype=np.float64)  # (C, B): the float64 sums, no float64 copy
         logp = log_softmax(S, axis=0)
         loss = -logp[y, cols].mean()
         dS = np.exp(logp)
         dS[y, cols] -= 1.0
         dS /= B
-        return loss, np.broadcast_to(dS / M, Z.shape).copy()
+        return loss, np.broadcast_to(dS / M, (M, C, B)).copy()
     if aggregate == "mean_prob":
-        P = softmax(Z, axis=1)  # (M, C, B)
+        P = softmax(np.asarray(Z, dtype=np.float64), axis=1)  # (M, C, B)
         pbar_y = np.maximum(P[:, y, cols].mean(axis=0), 1e-30)  # (B,)
         loss = -np.log(pbar_y).mean()
         # dL/dZ_j[c] = -(P_j[y] / (M B pbar_y)) * (delta_cy - P_j[c])
