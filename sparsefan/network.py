@@ -220,6 +220,7 @@ class Network:
             grads = [(np.zeros(l.weight_shape, np.float32), np.zeros(l.bias_shape, np.float32))
                      for l in self.layers]
         dy = dZ.astype(np.float32)
+        dZ = d = None  # the float64 gradients are not needed by the backward pass
         for i in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[i]
             g = layer.backward_fm(acts[i], dy, acts[i + 1], grad_weight=grads[i][0],
