@@ -131,11 +131,16 @@ class Optimizer:
                 m += (1 - b1) * g
                 v *= b2
                 v += (1 - b2) * g * g
-                mhat = m / (1 - b1 ** self.t)
-                vhat = v / (1 - b2 ** self.t)
                 if decay and cfg.weight_decay:
                     p -= np.float32(lr * cfg.weight_decay) * p
-                p -= (lr * mhat / (np.sqrt(vhat) + eps)).astype(np.float32)
+                mhat = m / (1 - b1 ** self.t)
+                vhat = v / (1 - b2 ** self.t)
+                # p -= lr * mhat / (sqrt(vhat) + eps), in place: two temporaries, not five
+                mhat *= lr
+                np.sqrt(vhat, out=vhat)
+                vhat += eps
+                mhat /= vhat
+                p -= mhat
             else:
                 (buf,) = st
                 if decay and cfg.weight_decay:
