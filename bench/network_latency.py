@@ -44,7 +44,7 @@ def kernels_only(net, x1, threads):
     if plan is not None:
         out = np.empty(net.n_units * net.n_classes, np.float32)
         flat = np.ascontiguousarray(x1, dtype=np.float32).reshape(-1)
-        return lambda: plan.forward(out, flat, 1, threads)
+        return lambda: plan.forward(flat, 1, threads, out)
     xt = sf.to_feature_major(x1)
     bufs = [np.empty((l.n_out, l.c_out, 1), np.float32) for l in net.layers]
 

@@ -281,38 +281,41 @@ void sf_transpose(float *out, const float *in, int64_t rows, int64_t cols, int n
 /* ------------------------------------------------------------------------------------------ */
 /* whole-network forward                                                                       */
 
-/* Activations between layers ping-pong between two scratch buffers of the largest hidden size;
- * a batch of more than one example is first transposed into a third region. */
-int64_t sf_network_scratch_size(const sf_layer *layers, int n_layers, int64_t B)
+/* Activations between layers alternate between two buffers: "even" holds the outputs of layers
+ * 0, 2, 4, ..., "odd" those of layers 1, 3, ... A batch of more than one example is first
+ * transposed into the odd buffer, which layer 0 reads and layer 1, the first to write there, no
+ * longer needs. Each buffer is sized for its own layers, the last one included unless it writes
+ * to a separate out. */
+void sf_network_buffer_sizes(const sf_layer *layers, int n_layers, int64_t B, int last_in_buffer,
+                             int64_t *even, int64_t *odd)
 {
-    int64_t hidden = 0;
-    for (int l = 0; l + 1 < n_layers; ++l) {
+    *even = 0;
+    *odd = B > 1 && n_layers > 0 ? layers[0].n_in * B : 0;
+    for (int l = 0; l + (last_in_buffer ? 0 : 1) < n_layers; ++l) {
         const int64_t n = layers[l].n_out * layers[l].c_out * B;
-        hidden = n > hidden ? n : hidden;
+        int64_t *size = l % 2 == 0 ? even : odd;
+        *size = n > *size ? n : *size;
     }
-    const int64_t entry = B > 1 && n_layers > 0 ? layers[0].n_in * B : 0;
-    return entry + (n_layers > 1 ? hidden : 0) + (n_layers > 2 ? hidden : 0);
 }
 
 void sf_network_forward(float *out, const float *x, const sf_layer *layers, int n_layers,
-                        int64_t B, float *scratch, int n_threads)
+                        int64_t B, float *even, float *odd, int n_threads)
 {
     if (n_layers <= 0)
         return;
     const sf_kernel_table *k = kernels();
     const int64_t n_in = layers[0].n_in;
-    int64_t hidden = 0;
     int par = n_threads > 1 && B > 1 && n_in * B >= 4 * PARALLEL_MIN_WORK;
     for (int l = 0; l < n_layers; ++l) {
         const sf_layer *L = &layers[l];
-        if (l + 1 < n_layers && L->n_out * L->c_out * B > hidden)
-            hidden = L->n_out * L->c_out * B;
         par |= use_threads(L->indptr[L->n_out] * L->c_in * L->c_out * B, n_threads);
     }
-    const float *entry = B > 1 ? scratch : x; /* (n_in, 1, B) */
     float *buf[2];
-    buf[0] = scratch + (B > 1 ? n_in * B : 0);
-    buf[1] = buf[0] + hidden;
+    buf[0] = even;
+    buf[1] = odd;
+    if (out == NULL)
+        out = buf[(n_layers - 1) % 2];
+    const float *entry = B > 1 ? odd : x; /* (n_in, 1, B) */
     /* shared by the team: the current layer's arguments and row ranges */
     sf_gather_args args;
     int64_t bounds[MAX_CHUNKS + 1];
@@ -328,7 +331,7 @@ void sf_network_forward(float *out, const float *x, const sf_layer *layers, int 
 #pragma omp for schedule(dynamic, 4)
 #endif
             for (int64_t it = 0; it < n_items; ++it)
-                k->transpose(scratch, x, B, n_in, it * 32, it * 32 + 32 < B ? it * 32 + 32 : B);
+                k->transpose(buf[1], x, B, n_in, it * 32, it * 32 + 32 < B ? it * 32 + 32 : B);
         }
         for (int l = 0; l < n_layers; ++l) {
 #ifdef _OPENMP

@@ -31,6 +31,7 @@ cdef extern from "fanin.h" nogil:
         const int32_t *indices
         int64_t n_in, n_out, c_in, c_out
         int relu
-    int64_t sf_network_scratch_size(const sf_layer *layers, int n_layers, int64_t B)
+    void sf_network_buffer_sizes(const sf_layer *layers, int n_layers, int64_t B,
+                                 int last_in_buffer, int64_t *even, int64_t *odd)
     void sf_network_forward(float *out, const float *x, const sf_layer *layers, int n_layers,
-                            int64_t B, float *scratch, int n_threads)
+                            int64_t B, float *even, float *odd, int n_threads)

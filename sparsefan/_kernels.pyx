@@ -11,7 +11,7 @@ import numpy as np
 from sparsefan._fanin cimport (
     sf_openmp_enabled, SF_CPU_N_VARIANTS, sf_cpu_variant, sf_cpu_variant_name,
     sf_cpu_variant_supported, sf_set_cpu_variant, sf_fanin_forward, sf_fanin_backward_input,
-    sf_fanin_backward_params, sf_relu_backward, sf_transpose, sf_layer, sf_network_scratch_size,
+    sf_fanin_backward_params, sf_relu_backward, sf_transpose, sf_layer, sf_network_buffer_sizes,
     sf_network_forward,
 )
 from libc.stdlib cimport malloc, free
@@ -137,7 +137,7 @@ def transpose(float[::1] out, const float[::1] inp, int64_t rows, int64_t cols, 
 
 
 # Scratch buffers up to this size are kept by a NetworkPlan for its next call.
-SPARE_SCRATCH_BYTES = 32 * 2**20
+SPARE_SCRATCH_BYTES = 2**20
 
 
 cdef class NetworkPlan:
@@ -188,19 +188,60 @@ cdef class NetworkPlan:
     def __dealloc__(self):
         free(self.layers)
 
-    def forward(self, float[::1] out, const float[::1] x, int64_t batch, int n_threads):
-        """out (n_out * c_out * batch,) <- the layers on x (batch * n_in,), row-major batch."""
-        cdef int64_t n_scratch = sf_network_scratch_size(self.layers, self.n_layers, batch)
-        if batch == 0 or out.shape[0] == 0:
-            return
-        # take the kept buffer (under the GIL, so a concurrent call cannot share it)
-        buf, self.spare = self.spare, None
-        if buf is None or buf.shape[0] < n_scratch + 16:
-            buf = np.empty(n_scratch + 16, dtype=np.float32)
-        cdef int64_t offset = (-buf.ctypes.data % 64) // 4  # a 64-byte aligned start
-        cdef float[::1] scratch = buf[offset:]
+    def forward(self, const float[::1] x, int64_t batch, int n_threads, out=None):
+        """The layers on x (batch * n_in,), a row-major batch: the last layer's output
+        (n_out * c_out * batch,), written into ``out`` if given, else returned.
+
+        Small activation buffers are kept for the next call (fresh pages cost page faults at
+        batch 1). Large ones are allocated per call, and without ``out`` the last layer writes
+        into the buffer its input no longer needs, so that a forward pass holds two activation
+        buffers, not three; the result is then a view of that buffer, or a copy of it when the
+        buffer is much larger than the result.
+        """
+        cdef int64_t n_even = 0, n_odd = 0
+        cdef int64_t n_z = self.n_out * self.c_out * batch
+        cdef float[::1] even
+        cdef float[::1] odd
+        cdef float[::1] z
+        cdef float *zp = NULL
+        sf_network_buffer_sizes(self.layers, self.n_layers, batch, 0, &n_even, &n_odd)
+        small = (n_even + n_odd + 32) * 4 <= SPARE_SCRATCH_BYTES
+        if out is None and small:
+            out = np.empty(n_z, dtype=np.float32)
+        if batch == 0 or n_z == 0:
+            return out if out is not None else np.empty(0, dtype=np.float32)
+        if small:
+            # take the kept buffer (under the GIL, so a concurrent call cannot share it)
+            buf, self.spare = self.spare, None
+            if buf is None or buf.shape[0] < n_even + n_odd + 32:
+                buf = _aligned(n_even + n_odd + 32)
+            n_even16 = (n_even + 15) // 16 * 16  # keep odd 64-byte aligned too
+            even = buf[:n_even16 + 1]
+            odd = buf[n_even16:n_even16 + n_odd + 1]
+        elif out is not None:
+            even, odd = _aligned(n_even + 1), _aligned(n_odd + 1)
+        else:
+            sf_network_buffer_sizes(self.layers, self.n_layers, batch, 1, &n_even, &n_odd)
+            even, odd = _aligned(n_even + 1), _aligned(n_odd + 1)
+        if out is not None:
+            z = out
+            zp = &z[0]
         with nogil:
-            sf_network_forward(&out[0], &x[0], self.layers, self.n_layers, batch, &scratch[0],
+            sf_network_forward(zp, &x[0], self.layers, self.n_layers, batch, &even[0], &odd[0],
                                n_threads)
-        if buf.nbytes <= SPARE_SCRATCH_BYTES:
+        if small:
             self.spare = buf
+            return out
+        if out is not None:
+            return out
+        last = np.asarray(odd if self.n_layers % 2 == 0 else even)
+        even = odd = None  # release the other buffer before a copy
+        result = last[:n_z]
+        return result.copy() if last.shape[0] > 1.25 * n_z else result
+
+
+def _aligned(int64_t n):
+    """A float32 array of n elements starting on a 64-byte boundary."""
+    buf = np.empty(n + 16, dtype=np.float32)
+    offset = (-buf.ctypes.data % 64) // 4
+    return buf[offset:offset + n]

@@ -163,18 +163,20 @@ class Network:
         x = self._check_x(x)
         n = resolve_n_threads(n_threads)
         batch = x.shape[0]
-        out = np.empty((self.n_units, self.n_classes, batch), dtype=np.float32)
         plan = self._fused_plan()
+        shape = (self.n_units, self.n_classes)
+        if batch <= batch_size:  # one chunk: the result is the last layer's own output
+            if plan is None:
+                return self.forward_fm(to_feature_major(x, n), n)
+            return plan.forward(x.reshape(-1), batch, n).reshape(shape + (batch,))
+        out = np.empty(shape + (batch,), dtype=np.float32)
         for s in range(0, batch, batch_size):
             xb = x[s:s + batch_size]
             if plan is None:
                 out[:, :, s:s + xb.shape[0]] = self.forward_fm(to_feature_major(xb, n), n)
-            elif xb.shape[0] == batch:
-                plan.forward(out.reshape(-1), xb.reshape(-1), batch, n)
             else:
-                part = np.empty((self.n_units, self.n_classes, xb.shape[0]), dtype=np.float32)
-                plan.forward(part.reshape(-1), xb.reshape(-1), xb.shape[0], n)
-                out[:, :, s:s + xb.shape[0]] = part
+                out[:, :, s:s + xb.shape[0]] = plan.forward(
+                    xb.reshape(-1), xb.shape[0], n).reshape(shape + (xb.shape[0],))
         return out
 
     def predict_proba(self, x, n_threads=None):

@@ -119,17 +119,8 @@ CALLS = {
     "predict": lambda net, x: net.predict(x),
     "layer_by_layer": lambda net, x: net.forward_fm(sf.to_feature_major(x)),
 }
-# The fused forward (one C call behind unit_logits and predict) holds two scratch buffers of the
-# largest hidden size and the output at once: a hierarchy with a narrower first level is over.
-FUSED_SCRATCH = pytest.mark.xfail(strict=True, reason=(
-    "sf_network_scratch_size (csrc/fanin.c) sizes both ping-pong buffers for the largest hidden "
-    "layer and the output is a separate buffer; see docs/memory.md"))
-
-
 @pytest.mark.parametrize("arch, call, batch", [
-    pytest.param(arch, call, batch, marks=FUSED_SCRATCH if (
-        arch == "hierarchy" and call != "layer_by_layer" and batch > 1) else ())
-    for arch in BUILDS for call in CALLS for batch in (1, 256)])
+    (arch, call, batch) for arch in BUILDS for call in CALLS for batch in (1, 256)])
 def test_network_forward_within_goal(arch, call, batch):
     net = BUILDS[arch]()
     x = _x(batch, net.n_in)
