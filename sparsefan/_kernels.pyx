@@ -204,6 +204,8 @@ cdef class NetworkPlan:
         cdef float[::1] odd
         cdef float[::1] z
         cdef float *zp = NULL
+        if x.shape[0] != self.n_in * batch:
+            raise ValueError(f"x must hold {self.n_in * batch} floats, got {x.shape[0]}")
         sf_network_buffer_sizes(self.layers, self.n_layers, batch, 0, &n_even, &n_odd)
         small = (n_even + n_odd + 32) * 4 <= SPARE_SCRATCH_BYTES
         if out is None and small:
@@ -225,6 +227,8 @@ cdef class NetworkPlan:
             even, odd = _aligned(n_even + 1), _aligned(n_odd + 1)
         if out is not None:
             z = out
+            if z.shape[0] != n_z:
+                raise ValueError(f"out must hold {n_z} floats, got {z.shape[0]}")
             zp = &z[0]
         with nogil:
             sf_network_forward(zp, &x[0], self.layers, self.n_layers, batch, &even[0], &odd[0],

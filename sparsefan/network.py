@@ -52,12 +52,30 @@ class Network:
 
     def __init__(self, layers, n_classes, aggregate="mean_logits", input_shape=None, name=None):
         layers = list(layers)
+        self.n_classes = check_int(n_classes, "n_classes", 2)
+        self._check_chain(layers)
+        if aggregate not in agg.AGGREGATES:
+            raise ValueError(f"aggregate must be one of {agg.AGGREGATES}, got {aggregate!r}")
+        self.layers = layers
+        self.aggregate = aggregate
+        n_in = layers[0].n_in
+        if input_shape is None:
+            input_shape = (n_in,)
+        input_shape = tuple(int(s) for s in input_shape)
+        if int(np.prod(input_shape)) != n_in:
+            raise ValueError(f"input_shape {input_shape} does not hold n_in = {n_in} values")
+        self.input_shape = input_shape
+        self.name = name or "network"
+        self.metadata = {}
+
+    def _check_chain(self, layers):
+        """Raise unless ``layers`` is a non-empty chain of FanIn layers ending in n_classes
+        logits per unit (the C forward trusts this)."""
         if not layers:
             raise ValueError("layers must not be empty")
         for i, layer in enumerate(layers):
             if not isinstance(layer, FanIn):
                 raise TypeError(f"layers[{i}] must be a FanIn, got {type(layer).__name__}")
-        self.n_classes = check_int(n_classes, "n_classes", 2)
         if layers[0].c_in != 1:
             raise ValueError(f"layers[0] must have c_in=1 (one value per input), got "
                              f"{layers[0].c_in}")
@@ -73,19 +91,6 @@ class Network:
                              f"got {head.c_out}")
         if head.activation is not None:
             raise ValueError("the last layer emits logits: it must have no activation")
-        if aggregate not in agg.AGGREGATES:
-            raise ValueError(f"aggregate must be one of {agg.AGGREGATES}, got {aggregate!r}")
-        self.layers = layers
-        self.aggregate = aggregate
-        n_in = layers[0].n_in
-        if input_shape is None:
-            input_shape = (n_in,)
-        input_shape = tuple(int(s) for s in input_shape)
-        if int(np.prod(input_shape)) != n_in:
-            raise ValueError(f"input_shape {input_shape} does not hold n_in = {n_in} values")
-        self.input_shape = input_shape
-        self.name = name or "network"
-        self.metadata = {}
 
     # -- structure -----------------------------------------------------------------------------
 
@@ -137,22 +142,31 @@ class Network:
     def _fused_plan(self):
         """The layers as one C call (the inference path), or None when a layer runs as a GEMM.
 
-        Cached; rebuilt when a layer's weight, bias or connectivity arrays are replaced (in-place
-        updates, as the optimizers make, keep it valid)."""
+        Cached; rebuilt when a layer's weight, bias or connectivity arrays are replaced or its
+        activation or channels change (in-place updates, as the optimizers make, keep it valid).
+        ``self.layers`` is a public list and the C call trusts the chain: a rebuild checks it."""
         if any(layer._use_blas for layer in self.layers):
             return None
         arrays = [a for layer in self.layers
                   for a in (layer._weight, layer._bias, layer.connectivity.indptr,
                             layer.connectivity.indices)]
-        plan = getattr(self, "_plan", None)
-        if (plan is None or len(plan.arrays) != len(arrays)
-                or any(a is not b for a, b in zip(plan.arrays, arrays))):
+        form = [(layer.activation, layer.c_in, layer.c_out) for layer in self.layers]
+        plan, key = self.__dict__.get("_plan"), self.__dict__.get("_plan_key")
+        if (plan is None or key is None or key[1] != form or len(key[0]) != len(arrays)
+                or any(a is not b for a, b in zip(key[0], arrays))):
+            self._check_chain(self.layers)
             plan = _kernels.NetworkPlan([
                 (layer._weight, layer._bias, layer.connectivity.indptr,
                  layer.connectivity.indices, layer.n_in, layer.n_out, layer.c_in, layer.c_out,
                  layer.activation == "relu") for layer in self.layers])
-            self._plan = plan
+            self._plan, self._plan_key = plan, (arrays, form)
         return plan
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_plan", None)  # C pointers: rebuilt on the next call
+        state.pop("_plan_key", None)
+        return state
 
     def unit_logits(self, x, n_threads=None, batch_size=4096):
         """Per-unit class scores Z, shape (M, C, batch), float32.
