@@ -202,8 +202,12 @@ cdef class NetworkPlan:
         cdef int64_t n_z = self.n_out * self.c_out * batch
         cdef float[::1] even
         cdef float[::1] odd
+        cdef float[::1] kept
         cdef float[::1] z
         cdef float *zp = NULL
+        cdef float *pe = NULL
+        cdef float *po = NULL
+        cdef int64_t n_even16
         if x.shape[0] != self.n_in * batch:
             raise ValueError(f"x must hold {self.n_in * batch} floats, got {x.shape[0]}")
         sf_network_buffer_sizes(self.layers, self.n_layers, batch, 0, &n_even, &n_odd)
@@ -217,22 +221,22 @@ cdef class NetworkPlan:
             buf, self.spare = self.spare, None
             if buf is None or buf.shape[0] < n_even + n_odd + 32:
                 buf = _aligned(n_even + n_odd + 32)
+            kept = buf
             n_even16 = (n_even + 15) // 16 * 16  # keep odd 64-byte aligned too
-            even = buf[:n_even16 + 1]
-            odd = buf[n_even16:n_even16 + n_odd + 1]
-        elif out is not None:
-            even, odd = _aligned(n_even + 1), _aligned(n_odd + 1)
+            pe = &kept[0]
+            po = pe + n_even16
         else:
-            sf_network_buffer_sizes(self.layers, self.n_layers, batch, 1, &n_even, &n_odd)
+            if out is None:
+                sf_network_buffer_sizes(self.layers, self.n_layers, batch, 1, &n_even, &n_odd)
             even, odd = _aligned(n_even + 1), _aligned(n_odd + 1)
+            pe, po = &even[0], &odd[0]
         if out is not None:
             z = out
             if z.shape[0] != n_z:
                 raise ValueError(f"out must hold {n_z} floats, got {z.shape[0]}")
             zp = &z[0]
         with nogil:
-            sf_network_forward(zp, &x[0], self.layers, self.n_layers, batch, &even[0], &odd[0],
-                               n_threads)
+            sf_network_forward(zp, &x[0], self.layers, self.n_layers, batch, pe, po, n_threads)
         if small:
             self.spare = buf
             return out
@@ -249,3 +253,20 @@ def _aligned(int64_t n):
     buf = np.empty(n + 16, dtype=np.float32)
     offset = (-buf.ctypes.data % 64) // 4
     return buf[offset:offset + n]
+
+
+def mean_units(const float[:, ::1] Z, double[::1] out):
+    """out[i] = mean over rows r of Z[r, i], summed in float64 in row order."""
+    cdef Py_ssize_t M = Z.shape[0], n = Z.shape[1], r, i
+    cdef double *o = &out[0]
+    if n == 0:
+        return
+    with nogil:
+        for i in range(n):
+            o[i] = 0.0
+        for r in range(M):
+            for i in range(n):
+                o[i] += Z[r, i]
+        if M > 0:
+            for i in range(n):
+                o[i] /= M
