@@ -225,3 +225,14 @@ def test_fused_plan_follows_parameter_updates(rng):
     after = net.unit_logits(x)
     assert np.array_equal(after, _layer_by_layer(net, x, 1))
     assert not np.array_equal(after, before)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (7, 3, 1), (1568, 10, 1), (40, 10, 33)])
+def test_mean_logits_matches_a_float64_mean(shape, rng):
+    Z = rng.standard_normal(shape).astype(np.float32)
+    want = Z.astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(agg.mean_logits(Z), want, rtol=1e-14, atol=1e-15)
+    # views and other dtypes take the NumPy path, with the same result
+    np.testing.assert_allclose(agg.mean_logits(Z[::-1]), want, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(agg.mean_logits(Z.astype(np.float64)), want, rtol=1e-14,
+                               atol=1e-15)
