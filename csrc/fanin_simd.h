@@ -218,67 +218,69 @@ SF_STATIC void SF_FN(gather_b1)(const sf_gather_args *a, int64_t u0, int64_t u1)
  * the connections -- so that P * NV independent FMA chains hide the FMA latency (one chain per
  * vector would leave the core waiting: a single example has no batch to spread over). The sets
  * are added pairwise at the end, in a fixed order. NV and P are compile-time constants. */
-SF_INLINE void SF_FN(b1h_block)(const sf_gather_args *a, int64_t u, int64_t h0, const int NV,
-                                const int P, const int G1, int nlast)
+SF_INLINE void SF_FN(b1h_block)(const sf_gather_args *a, int64_t u0, int64_t u1, int64_t h0,
+                                const int NV, const int P, const int G1, int nlast)
 {
     const int64_t G = G1 ? 1 : a->G, H = a->H, wslot = a->wslot, wsg = a->wsg;
     const int32_t *rows = a->rows;
     const int64_t *slots = a->slots;
-    float *out = a->out + u * H + h0;
-    const float *init = a->bias != NULL ? a->bias + u * H + h0 : out;
-    vf acc[4][4];
-#define SF_B1_W(w, v) ((v) < NV - 1 ? V_LOAD((w) + (v) * VL) : V_LOADN((w) + (v) * VL, nlast))
-    for (int p = 0; p < P; ++p)
-        for (int v = 0; v < NV; ++v)
-            acc[p][v] = p > 0 ? V_ZERO() : SF_B1_W(init, v);
-    const int64_t q0 = a->ptr[u], q1 = a->ptr[u + 1];
-    if (!G1 && G % P == 0) { /* deal the channels of each connection */
-        for (int64_t q = q0; q < q1; ++q) {
-            const float *xr = a->in + (int64_t)rows[q] * G;
-            const float *wq = a->W + (slots != NULL ? slots[q] : q) * wslot + h0;
-            for (int64_t g = 0; g < G; g += P)
+    for (int64_t u = u0; u < u1; ++u) {
+        float *out = a->out + u * H + h0;
+        const float *init = a->bias != NULL ? a->bias + u * H + h0 : out;
+        vf acc[4][4];
+    #define SF_B1_W(w, v) ((v) < NV - 1 ? V_LOAD((w) + (v) * VL) : V_LOADN((w) + (v) * VL, nlast))
+        for (int p = 0; p < P; ++p)
+            for (int v = 0; v < NV; ++v)
+                acc[p][v] = p > 0 ? V_ZERO() : SF_B1_W(init, v);
+        const int64_t q0 = a->ptr[u], q1 = a->ptr[u + 1];
+        if (!G1 && G % P == 0) { /* deal the channels of each connection */
+            for (int64_t q = q0; q < q1; ++q) {
+                const float *xr = a->in + (int64_t)rows[q] * G;
+                const float *wq = a->W + (slots != NULL ? slots[q] : q) * wslot + h0;
+                for (int64_t g = 0; g < G; g += P)
+                    for (int p = 0; p < P; ++p) {
+                        const vf xv = V_SET1(xr[g + p]);
+                        const float *w = wq + (g + p) * wsg;
+                        for (int v = 0; v < NV; ++v)
+                            acc[p][v] = V_FMA(xv, SF_B1_W(w, v), acc[p][v]);
+                    }
+            }
+        } else { /* deal the connections (each with all its channels) */
+            int64_t q = q0;
+            for (; q + P <= q1; q += P)
                 for (int p = 0; p < P; ++p) {
-                    const vf xv = V_SET1(xr[g + p]);
-                    const float *w = wq + (g + p) * wsg;
-                    for (int v = 0; v < NV; ++v)
-                        acc[p][v] = V_FMA(xv, SF_B1_W(w, v), acc[p][v]);
+                    const float *xr = a->in + (int64_t)rows[q + p] * G;
+                    const float *wq = a->W + (slots != NULL ? slots[q + p] : q + p) * wslot + h0;
+                    for (int64_t g = 0; g < G; ++g) {
+                        const vf xv = V_SET1(xr[g]);
+                        for (int v = 0; v < NV; ++v)
+                            acc[p][v] = V_FMA(xv, SF_B1_W(wq + g * wsg, v), acc[p][v]);
+                    }
                 }
-        }
-    } else { /* deal the connections (each with all its channels) */
-        int64_t q = q0;
-        for (; q + P <= q1; q += P)
-            for (int p = 0; p < P; ++p) {
-                const float *xr = a->in + (int64_t)rows[q + p] * G;
-                const float *wq = a->W + (slots != NULL ? slots[q + p] : q + p) * wslot + h0;
+            for (; q < q1; ++q) {
+                const float *xr = a->in + (int64_t)rows[q] * G;
+                const float *wq = a->W + (slots != NULL ? slots[q] : q) * wslot + h0;
                 for (int64_t g = 0; g < G; ++g) {
                     const vf xv = V_SET1(xr[g]);
                     for (int v = 0; v < NV; ++v)
-                        acc[p][v] = V_FMA(xv, SF_B1_W(wq + g * wsg, v), acc[p][v]);
+                        acc[0][v] = V_FMA(xv, SF_B1_W(wq + g * wsg, v), acc[0][v]);
                 }
             }
-        for (; q < q1; ++q) {
-            const float *xr = a->in + (int64_t)rows[q] * G;
-            const float *wq = a->W + (slots != NULL ? slots[q] : q) * wslot + h0;
-            for (int64_t g = 0; g < G; ++g) {
-                const vf xv = V_SET1(xr[g]);
-                for (int v = 0; v < NV; ++v)
-                    acc[0][v] = V_FMA(xv, SF_B1_W(wq + g * wsg, v), acc[0][v]);
-            }
         }
-    }
-#undef SF_B1_W
-    for (int v = 0; v < NV; ++v) {
-        vf r = acc[0][v];
-        if (P == 2)
-            r = V_ADD(acc[0][v], acc[1][v]);
-        else if (P == 4)
-            r = V_ADD(V_ADD(acc[0][v], acc[1][v]), V_ADD(acc[2][v], acc[3][v]));
-        if (a->relu)
-            r = V_RELU(r);
-        if (v < NV - 1)
-            V_STORE(out + v * VL, r);
-        else
-            V_STOREN(out + v * VL, r, nlast);
+    #undef SF_B1_W
+        for (int v = 0; v < NV; ++v) {
+            vf r = acc[0][v];
+            if (P == 2)
+                r = V_ADD(acc[0][v], acc[1][v]);
+            else if (P == 4)
+                r = V_ADD(V_ADD(acc[0][v], acc[1][v]), V_ADD(acc[2][v], acc[3][v]));
+            if (a->relu)
+                r = V_RELU(r);
+            if (v < NV - 1)
+                V_STORE(out + v * VL, r);
+            else
+                V_STOREN(out + v * VL, r, nlast);
+        }
     }
 }
 
@@ -291,28 +293,32 @@ SF_STATIC void SF_FN(gather_b1h)(const sf_gather_args *a, int64_t u0, int64_t u1
     const int32_t *rows = a->rows;
     const int64_t *slots = a->slots;
     const int64_t blk = 4 * (int64_t)VL;
-    for (int64_t u = u0; u < u1; ++u) {
+    if (wsh == 1) { /* every unit has the same blocks: choose each block's tile once */
         for (int64_t h0 = 0; h0 < H; h0 += blk) {
             const int64_t nh = H - h0 < blk ? H - h0 : blk;
             const int nv = (int)((nh + VL - 1) / VL);
             const int nlast = (int)(nh - (int64_t)(nv - 1) * VL);
-            if (wsh == 1) {
-                if (G == 1) /* P x NV <= 8 independent chains */
-                    switch (nv) {
-                    case 1: SF_FN(b1h_block)(a, u, h0, 1, 4, 1, nlast); break;
-                    case 2: SF_FN(b1h_block)(a, u, h0, 2, 4, 1, nlast); break;
-                    case 3: SF_FN(b1h_block)(a, u, h0, 3, 2, 1, nlast); break;
-                    default: SF_FN(b1h_block)(a, u, h0, 4, 2, 1, nlast); break;
-                    }
-                else
-                    switch (nv) {
-                    case 1: SF_FN(b1h_block)(a, u, h0, 1, 4, 0, nlast); break;
-                    case 2: SF_FN(b1h_block)(a, u, h0, 2, 4, 0, nlast); break;
-                    case 3: SF_FN(b1h_block)(a, u, h0, 3, 2, 0, nlast); break;
-                    default: SF_FN(b1h_block)(a, u, h0, 4, 2, 0, nlast); break;
-                    }
-                continue;
-            }
+            if (G == 1) /* P x NV <= 8 independent chains */
+                switch (nv) {
+                case 1: SF_FN(b1h_block)(a, u0, u1, h0, 1, 4, 1, nlast); break;
+                case 2: SF_FN(b1h_block)(a, u0, u1, h0, 2, 4, 1, nlast); break;
+                case 3: SF_FN(b1h_block)(a, u0, u1, h0, 3, 2, 1, nlast); break;
+                default: SF_FN(b1h_block)(a, u0, u1, h0, 4, 2, 1, nlast); break;
+                }
+            else
+                switch (nv) {
+                case 1: SF_FN(b1h_block)(a, u0, u1, h0, 1, 4, 0, nlast); break;
+                case 2: SF_FN(b1h_block)(a, u0, u1, h0, 2, 4, 0, nlast); break;
+                case 3: SF_FN(b1h_block)(a, u0, u1, h0, 3, 2, 0, nlast); break;
+                default: SF_FN(b1h_block)(a, u0, u1, h0, 4, 2, 0, nlast); break;
+                }
+        }
+        return;
+    }
+    /* strided weights (the input gradient): a scalar loop */
+    for (int64_t u = u0; u < u1; ++u) {
+        for (int64_t h0 = 0; h0 < H; h0 += blk) {
+            const int64_t nh = H - h0 < blk ? H - h0 : blk;
             float *out = a->out + u * H + h0;
             const float *init = a->bias != NULL ? a->bias + u * H + h0 : out;
             float acc[4 * 16];
