@@ -211,8 +211,9 @@ SF_STATIC void SF_FN(gather_b1)(const sf_gather_args *a, int64_t u0, int64_t u1)
     }
 }
 
-/* One example, several channels, contiguous weight rows (wsh == 1: the forward pass): unit u's
- * output channels [h0, h0 + NV * VL) (the last vector holding nlast lanes) accumulate
+/* One example, several channels, contiguous weight rows (wsh == 1: the forward pass): for each
+ * unit u in [u0, u1), output channels [h0, h0 + NV * VL) (the last vector holding nlast lanes)
+ * accumulate
  * x[row, g] * W[slot, g, h0:...] over the unit's (connection, channel) pairs. The pairs are dealt
  * round-robin to P sets of accumulators -- over the channels when G is a multiple of P, else over
  * the connections -- so that P * NV independent FMA chains hide the FMA latency (one chain per
