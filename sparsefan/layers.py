@@ -213,14 +213,15 @@ class FanIn:
 
     def backward_fm(self, xt, dyt, yt=None, grad_input=None, grad_weight=None, grad_bias=None,
                     need_input_grad=True, n_threads=None, check_finite=True,
-                    need_param_grad=True):
+                    need_param_grad=True, overwrite_dyt=False):
         """Backward pass in the kernels' layout; gradients *accumulate* into given buffers.
 
         xt (n_in, c_in, B) is the forward input, dyt (n_out, c_out, B) the output gradient,
         yt (n_out, c_out, B) the forward output (needed for ReLU). Buffers not given are
         allocated as zeros. Returns :class:`Gradients` (input in the (n_in, c_in, B) layout).
         With ``need_param_grad=False`` only the input gradient is computed (weight and bias
-        are None): the attacks' path.
+        are None): the attacks' path. With ``overwrite_dyt`` a ReLU layer masks dyt in place
+        instead of allocating a masked copy (dyt must be writable; its contents are lost).
         """
         xt = self._check_xt(xt, "xt", check_finite)
         batch = xt.shape[2]
@@ -231,7 +232,7 @@ class FanIn:
             if yt is None:
                 raise ValueError("yt (the forward output) is required for a ReLU layer's backward")
             check_array(yt, "yt", np.float32, shape=out_shape)
-            dzt = empty_aligned(dyt.shape)
+            dzt = check_writable(dyt, "dyt") if overwrite_dyt else empty_aligned(dyt.shape)
             _kernels.relu_backward(dzt.reshape(-1), dyt.reshape(-1), yt.reshape(-1), n)
             dyt = dzt
         if need_param_grad:

@@ -224,24 +224,28 @@ class Network:
         acts = self.forward_fm(to_feature_major(x, n), n, keep=True)
         Z = acts[-1]
         loss_a = loss_u = 0.0
-        dZ = np.zeros(Z.shape, dtype=np.float64)
+        dZ = None  # float64, scaled and summed in place: one Z-sized float64 array at a time
         if aggregate_weight:
             loss_a, d = agg.aggregate_loss(Z, y, self.aggregate)
-            dZ += aggregate_weight * d
+            d *= aggregate_weight
+            dZ = d
         if unit_weight:
             loss_u, d = agg.unit_loss(Z, y)
-            dZ += unit_weight * d
+            d *= unit_weight
+            dZ = d if dZ is None else np.add(dZ, d, out=dZ)
         correct = int((agg.scores(Z, self.aggregate).argmax(axis=1) == y).sum())
         if grads is None:
             grads = [(np.zeros(l.weight_shape, np.float32), np.zeros(l.bias_shape, np.float32))
                      for l in self.layers]
-        dy = dZ.astype(np.float32)
+        dy = np.zeros(Z.shape, np.float32) if dZ is None else dZ.astype(np.float32)
         dZ = d = None  # the float64 gradients are not needed by the backward pass
         for i in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[i]
+            # dy is ours (the cast above, then each layer's fresh input gradient): a ReLU layer
+            # may mask it in place
             g = layer.backward_fm(acts[i], dy, acts[i + 1], grad_weight=grads[i][0],
                                   grad_bias=grads[i][1], need_input_grad=i > 0, n_threads=n,
-                                  check_finite=False)
+                                  check_finite=False, overwrite_dyt=True)
             dy = g.input
         loss = aggregate_weight * loss_a + unit_weight * loss_u
         return StepResult(float(loss), float(loss_a), float(loss_u), correct, grads)
@@ -257,10 +261,11 @@ class Network:
         n = resolve_n_threads(n_threads)
         acts = self.forward_fm(to_feature_major(x, n), n, keep=True)
         values, dZ = objective(acts[-1])
-        dy = np.ascontiguousarray(dZ, dtype=np.float32)
+        dy = np.array(dZ, dtype=np.float32, order="C")  # a copy: masked in place below
         for i in range(len(self.layers) - 1, -1, -1):
             dy = self.layers[i].backward_fm(acts[i], dy, acts[i + 1], n_threads=n,
-                                            check_finite=False, need_param_grad=False).input
+                                            check_finite=False, need_param_grad=False,
+                                            overwrite_dyt=True).input
         return values, np.ascontiguousarray(dy.reshape(self.n_in, -1).T)
 
     # -- description ---------------------------------------------------------------------------

@@ -197,3 +197,20 @@ def test_openmp_flag_matches_the_build():
     assert sf.openmp_enabled() == (expected == "1")
     if not sf.openmp_enabled():
         assert sf.resolve_n_threads(4) == 1
+
+
+def test_relu_backward_in_place_gives_the_same_gradients(rng):
+    layer = _layer(("random", 30, 40, 5), 2, 3, "relu")
+    xt = rng.standard_normal((30, 2, 9)).astype(np.float32)
+    yt = layer.forward_fm(xt)
+    dyt = rng.standard_normal(yt.shape).astype(np.float32)
+    want = layer.backward_fm(xt, dyt, yt)
+    mine = dyt.copy()
+    got = layer.backward_fm(xt, mine, yt, overwrite_dyt=True)
+    for a, b in zip(got, want):
+        assert np.array_equal(a, b)
+    assert np.array_equal(mine, np.where(yt > 0, dyt, 0))  # masked in place
+    frozen = dyt.copy()
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="dyt must be writable"):
+        layer.backward_fm(xt, frozen, yt, overwrite_dyt=True)

@@ -149,9 +149,10 @@ def test_training_step_holds_no_dense_matrix():
     fixed = model_bytes(net.layers) + params
     # every activation kept for the backward pass, one layer's output and input gradients
     needed = sum(a) + max(a[1], a[1] + a[2])
-    # no goal for training; 1.31 measured (1.49 while the float64 gradient of Z outlived the
-    # aggregation): a regression guard. The peak includes the cached transposed table.
-    assert fixed + a[0] + peak <= 1.4 * (fixed + transposed + needed)
+    # no goal for training; a regression guard (1.31 while ReLU layers allocated a masked copy
+    # of their output gradient, 1.49 while the float64 gradient of Z outlived the aggregation).
+    # The peak includes the cached transposed table.
+    assert fixed + a[0] + peak <= 1.1 * (fixed + transposed + needed)
 
 
 def test_mean_logits_aggregation_copies_nothing():
