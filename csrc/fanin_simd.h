@@ -567,6 +567,115 @@ SF_INLINE void SF_FN(block_rows)(const float **rows, const float *x, const int32
     }
 }
 
+/* Weight gradients with many output channels: dW_j = X_j (rows x B) @ dY_j^T (B x c_out) is a
+ * small GEMM per unit whose contraction runs over the batch, the contiguous dimension of both
+ * operands. Dot products would end in one horizontal sum per dW entry (as costly as the FMAs
+ * at batch 128), so instead a chunk of dY_j is transposed to (batch, channels) on the stack and
+ * each tile accumulates outer products: a broadcast x[r, b] times a vector of dY^T[b, :]. No
+ * horizontal sums; each chunk's tile is added to dW once, in a fixed order. */
+#ifndef SF_OUTER_MIN_COUT /* the outer-product path from a full vector of output channels */
+#define SF_OUTER_MIN_COUT (VL > 8 ? VL : 8) /* (measured: half vectors lose to the dot products) */
+#endif
+#ifndef SF_OUTER_MIN_B
+#define SF_OUTER_MIN_B 16 /* ... and this batch size */
+#endif
+#ifndef SF_OUTER_BC
+#define SF_OUTER_BC 64 /* batch columns per transposed chunk */
+#endif
+#define SF_OUTER_OB (2 * VL) /* output channels per block: two vectors */
+
+/* dW rows r0 .. r0 + R - 1 of unit j, channels o0 .. (NV vectors, the last with nlast lanes)
+ * += sum over the chunk's nb columns of xr[r][b] * dyT[b][:]. R * NV <= 8 chains. */
+SF_INLINE void SF_FN(outer_tile)(float *dWj, const float *const *xr, const float *dyT,
+                                 int64_t nb, int64_t c_out, int64_t r0, int64_t o0, const int R,
+                                 const int NV, int nlast)
+{
+    vf acc[8][2];
+    for (int r = 0; r < R; ++r)
+        for (int v = 0; v < NV; ++v)
+            acc[r][v] = V_ZERO();
+    for (int64_t b = 0; b < nb; ++b) {
+        vf d[2];
+        for (int v = 0; v < NV; ++v)
+            d[v] = v == NV - 1 ? V_LOADN(dyT + b * SF_OUTER_OB + v * VL, nlast)
+                               : V_LOAD(dyT + b * SF_OUTER_OB + v * VL);
+        for (int r = 0; r < R; ++r) {
+            const vf xv = V_SET1(xr[r][b]);
+            for (int v = 0; v < NV; ++v)
+                acc[r][v] = V_FMA(xv, d[v], acc[r][v]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int v = 0; v < NV; ++v) {
+            float *w = dWj + (r0 + r) * c_out + o0 + v * VL;
+            if (v == NV - 1)
+                V_STOREN(w, V_ADD(V_LOADN(w, nlast), acc[r][v]), nlast);
+            else
+                V_STORE(w, V_ADD(V_LOAD(w), acc[r][v]));
+        }
+}
+
+#define SF_OT(R, NV) SF_FN(outer_tile)(dWj, xr, dyT, nb, c_out, r0, o0, R, NV, nlast)
+SF_STATIC void SF_FN(outer_block)(float *dWj, const float *const *xr, const float *dyT,
+                                  int64_t nb, int64_t c_out, int64_t r0, int64_t o0, int nr,
+                                  int nv, int nlast)
+{
+    if (nv == 2)
+        switch (nr) {
+        case 1: SF_OT(1, 2); break;
+        case 2: SF_OT(2, 2); break;
+        case 3: SF_OT(3, 2); break;
+        default: SF_OT(4, 2); break;
+        }
+    else
+        switch (nr) {
+        case 1: SF_OT(1, 1); break;
+        case 2: SF_OT(2, 1); break;
+        case 3: SF_OT(3, 1); break;
+        case 4: SF_OT(4, 1); break;
+        case 5: SF_OT(5, 1); break;
+        case 6: SF_OT(6, 1); break;
+        case 7: SF_OT(7, 1); break;
+        default: SF_OT(8, 1); break;
+        }
+}
+
+SF_STATIC void SF_FN(params_outer)(float *dW, const float *dy, const float *x,
+                                   const int64_t *indptr, const int32_t *indices, int64_t j0,
+                                   int64_t j1, int64_t c_in, int64_t c_out, int64_t B)
+{
+    float dyT[SF_OUTER_BC * SF_OUTER_OB];
+    const float *rows[8], *xr[8];
+    for (int64_t j = j0; j < j1; ++j) {
+        const float *dyj = dy + j * c_out * B;
+        const int64_t p0 = indptr[j];
+        const int64_t R = (indptr[j + 1] - p0) * c_in;
+        const int32_t *idx = indices + p0;
+        float *dWj = dW + p0 * c_in * c_out;
+        for (int64_t o0 = 0; o0 < c_out; o0 += SF_OUTER_OB) {
+            const int64_t no = c_out - o0 < SF_OUTER_OB ? c_out - o0 : SF_OUTER_OB;
+            const int nv = (int)((no + VL - 1) / VL);
+            const int nlast = (int)(no - (int64_t)(nv - 1) * VL);
+            const int RT = nv == 2 ? 4 : 8;
+            for (int64_t b0 = 0; b0 < B; b0 += SF_OUTER_BC) {
+                const int64_t nb = B - b0 < SF_OUTER_BC ? B - b0 : SF_OUTER_BC;
+                for (int64_t o = 0; o < no; ++o) { /* dyT[b][o] = dy[j, o0 + o, b0 + b] */
+                    const float *src = dyj + (o0 + o) * B + b0;
+                    for (int64_t b = 0; b < nb; ++b)
+                        dyT[b * SF_OUTER_OB + o] = src[b];
+                }
+                for (int64_t r0 = 0; r0 < R; r0 += RT) {
+                    const int nr = (int)(R - r0 < RT ? R - r0 : RT);
+                    SF_FN(block_rows)(rows, x, idx, r0, nr, c_in, B);
+                    for (int r = 0; r < nr; ++r)
+                        xr[r] = rows[r] + b0;
+                    SF_FN(outer_block)(dWj, xr, dyT, nb, c_out, r0, o0, nr, nv, nlast);
+                }
+            }
+        }
+    }
+}
+
 SF_STATIC void SF_FN(params)(float *dW, float *db, const float *dy, const float *x,
                              const int64_t *indptr, const int32_t *indices, int64_t j0,
                              int64_t j1, int64_t c_in, int64_t c_out, int64_t B, int prefetch)
@@ -590,6 +699,10 @@ SF_STATIC void SF_FN(params)(float *dW, float *db, const float *dy, const float 
     }
     if (c_in == 1 && c_out == 1) {
         SF_FN(params_flat)(dW, dy, x, indptr, indices, j0, j1, B, prefetch);
+        return;
+    }
+    if (c_out >= SF_OUTER_MIN_COUT && B >= SF_OUTER_MIN_B) {
+        SF_FN(params_outer)(dW, dy, x, indptr, indices, j0, j1, c_in, c_out, B);
         return;
     }
     for (int64_t j = j0; j < j1; ++j) {

@@ -103,6 +103,20 @@ def test_weight_gradient_row_blocks(variant, k, rng):
         _check_layer(_layer(conn, c_in, c_out, None), 21, None, rng)
 
 
+# weight gradients with many output channels take outer products over transposed chunks of 64
+# batch columns, in blocks of two vectors of channels and tiles of 4 (2 vectors) or 8 (1 vector)
+# rows: channel counts around every vector width, batches around the chunk, rows (k * c_in)
+# around the tiles
+@pytest.mark.parametrize("c_out", [8, 9, 16, 17, 32, 33, 47])
+@pytest.mark.parametrize("batch", [16, 65, 130])
+def test_weight_gradient_outer_products(variant, c_out, batch, rng):
+    for k, c_in in ((1, 1), (9, 1), (3, 3), (2, 5)):
+        conn = make_connectivity("random", 14, 5, k, seed=k + c_in)
+        _check_layer(_layer(conn, c_in, c_out, "relu"), batch, "relu", rng)
+    _check_layer(_layer(make_connectivity("ragged", 14, 6, 4, seed=2), 2, c_out, None), batch,
+                 None, rng)
+
+
 def test_ragged_and_empty_rows(variant, rng):
     conn = make_connectivity("ragged", 30, 25, 6, seed=3)
     for c_in, c_out in ((1, 1), (2, 3)):
