@@ -76,6 +76,20 @@ def scores(Z, aggregate):
     return probabilities(Z, aggregate)
 
 
+def mean_logits_loss(Z, y):
+    """Cross-entropy of the mean-logits aggregate and its gradient, which is the same for every
+    unit: returns (loss, g) with g (C, B) float64 and dL/dZ[j] = g for every unit j."""
+    M, C, B = np.shape(Z)
+    cols = np.arange(B)
+    S = np.mean(Z, axis=0, dtype=np.float64)  # (C, B): the float64 sums, no float64 copy
+    logp = log_softmax(S, axis=0)
+    loss = -logp[y, cols].mean()
+    dS = np.exp(logp)
+    dS[y, cols] -= 1.0
+    dS /= B
+    return loss, dS / M
+
+
 def aggregate_loss(Z, y, aggregate):
     """Cross-entropy of the aggregate and its gradient dL/dZ (same shape as Z).
 
@@ -84,13 +98,8 @@ def aggregate_loss(Z, y, aggregate):
     M, C, B = np.shape(Z)
     cols = np.arange(B)
     if aggregate == "mean_logits":
-        S = np.mean(Z, axis=0, dtype=np.float64)  # (C, B): the float64 sums, no float64 copy
-        logp = log_softmax(S, axis=0)
-        loss = -logp[y, cols].mean()
-        dS = np.exp(logp)
-        dS[y, cols] -= 1.0
-        dS /= B
-        return loss, np.broadcast_to(dS / M, (M, C, B)).copy()
+        loss, g = mean_logits_loss(Z, y)
+        return loss, np.broadcast_to(g, (M, C, B)).copy()
     if aggregate == "mean_prob":
         P = softmax(np.asarray(Z, dtype=np.float64), axis=1)  # (M, C, B)
         pbar_y = np.maximum(P[:, y, cols].mean(axis=0), 1e-30)  # (B,)

@@ -225,7 +225,13 @@ class Network:
         Z = acts[-1]
         loss_a = loss_u = 0.0
         dZ = None  # float64, scaled and summed in place: one Z-sized float64 array at a time
-        if aggregate_weight:
+        if aggregate_weight and not unit_weight and self.aggregate == "mean_logits":
+            # every unit gets the same gradient: cast it once and broadcast it into float32
+            loss_a, g = agg.mean_logits_loss(Z, y)
+            g *= aggregate_weight
+            dy = np.empty(Z.shape, np.float32)
+            dy[...] = g.astype(np.float32)
+        elif aggregate_weight:
             loss_a, d = agg.aggregate_loss(Z, y, self.aggregate)
             d *= aggregate_weight
             dZ = d
@@ -237,7 +243,10 @@ class Network:
         if grads is None:
             grads = [(np.zeros(l.weight_shape, np.float32), np.zeros(l.bias_shape, np.float32))
                      for l in self.layers]
-        dy = np.zeros(Z.shape, np.float32) if dZ is None else dZ.astype(np.float32)
+        if dZ is not None:
+            dy = dZ.astype(np.float32)
+        elif not aggregate_weight:
+            dy = np.zeros(Z.shape, np.float32)
         dZ = d = None  # the float64 gradients are not needed by the backward pass
         for i in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[i]
