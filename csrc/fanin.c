@@ -219,10 +219,10 @@ void sf_fanin_backward_input(float *dx, const float *dy, const float *W,
                              const int64_t *t_indptr, const int32_t *t_rows,
                              const int64_t *t_slots,
                              int64_t n_in, int64_t n_out, int64_t c_in, int64_t c_out, int64_t B,
-                             int n_threads)
+                             int accumulate, int n_threads)
 {
     const sf_gather_args a = {dx, dy, W, NULL, t_indptr, t_rows, t_slots,
-                              c_out, c_in, B, c_in * c_out, 1, c_out, 0, 0};
+                              c_out, c_in, B, c_in * c_out, 1, c_out, 0, 0, !accumulate};
     run_gather(&a, n_in, n_out, n_threads);
 }
 

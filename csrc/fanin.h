@@ -57,12 +57,13 @@ void sf_fanin_forward(float *y, const float *x, const float *W, const float *b,
                       int64_t n_in, int64_t n_out, int64_t c_in, int64_t c_out, int64_t B,
                       int relu, int n_threads);
 
-/* dx[i, c, :] += sum_{q in t_indptr[i]..} sum_o W[t_slots[q], c, o] * dy[t_rows[q], o, :] */
+/* dx[i, c, :] += sum_{q in t_indptr[i]..} sum_o W[t_slots[q], c, o] * dy[t_rows[q], o, :]
+ * (accumulate != 0), or dx[i, c, :] = that sum (accumulate == 0: dx need not be initialized) */
 void sf_fanin_backward_input(float *dx, const float *dy, const float *W,
                              const int64_t *t_indptr, const int32_t *t_rows,
                              const int64_t *t_slots,
                              int64_t n_in, int64_t n_out, int64_t c_in, int64_t c_out, int64_t B,
-                             int n_threads);
+                             int accumulate, int n_threads);
 
 /* dW[p, c, o] += sum_b x[indices[p], c, b] * dy[j, o, b]   for every connection p of row j
  * db[j, o]    += sum_b dy[j, o, b]                           (skipped when db is NULL) */

@@ -22,7 +22,8 @@
  *   forward:        u = output unit, rows = indices, slot(q) = q, g = c_in channel, h = c_out
  *                   channel, init = bias, optional ReLU on the result.
  *   input gradient: u = input unit, rows/slots = the transposed table, g = c_out channel,
- *                   h = c_in channel, init = the current out (gradients accumulate).
+ *                   h = c_in channel, init = the current out (gradients accumulate), or zero
+ *                   (zero_init: out is overwritten).
  */
 typedef struct {
     float *out;            /* [n_units][H][B] */
@@ -36,6 +37,7 @@ typedef struct {
     int64_t wslot, wsg, wsh;
     int relu;
     int64_t prefetch_end; /* software-prefetch gathered rows for connections q < this (0: none) */
+    int zero_init;        /* with bias NULL: start from zero instead of out (overwrite out) */
 } sf_gather_args;
 
 typedef struct {

@@ -76,6 +76,10 @@ SF_INLINE void SF_FN(gather_tile)(const sf_gather_args *a, int64_t u, int64_t h0
             for (int t = 0; t < T; ++t)
                 acc[o][t] = bv;
         }
+    } else if (a->zero_init) {
+        for (int o = 0; o < O; ++o)
+            for (int t = 0; t < T; ++t)
+                acc[o][t] = V_ZERO();
     } else {
         for (int o = 0; o < O; ++o)
             for (int t = 0; t < T; ++t)
@@ -205,7 +209,7 @@ SF_STATIC void SF_FN(gather_b1)(const sf_gather_args *a, int64_t u0, int64_t u1)
             for (; q < q1; ++q)
                 s0 += W[q * wslot] * in[rows[q]];
         }
-        const float init = a->bias != NULL ? a->bias[u] : a->out[u];
+        const float init = a->bias != NULL ? a->bias[u] : (a->zero_init ? 0.0f : a->out[u]);
         const float v = init + ((s0 + s1) + (s2 + s3));
         a->out[u] = (a->relu && v < 0.0f) ? 0.0f : v; /* NaN propagates */
     }
@@ -230,9 +234,10 @@ SF_INLINE void SF_FN(b1h_block)(const sf_gather_args *a, int64_t u0, int64_t u1,
         const float *init = a->bias != NULL ? a->bias + u * H + h0 : out;
         vf acc[4][4];
     #define SF_B1_W(w, v) ((v) < NV - 1 ? V_LOAD((w) + (v) * VL) : V_LOADN((w) + (v) * VL, nlast))
+        const int from_zero = a->bias == NULL && a->zero_init;
         for (int p = 0; p < P; ++p)
             for (int v = 0; v < NV; ++v)
-                acc[p][v] = p > 0 ? V_ZERO() : SF_B1_W(init, v);
+                acc[p][v] = p > 0 || from_zero ? V_ZERO() : SF_B1_W(init, v);
         const int64_t q0 = a->ptr[u], q1 = a->ptr[u + 1];
         if (!G1 && G % P == 0) { /* deal the channels of each connection */
             for (int64_t q = q0; q < q1; ++q) {
@@ -324,7 +329,7 @@ SF_STATIC void SF_FN(gather_b1h)(const sf_gather_args *a, int64_t u0, int64_t u1
             const float *init = a->bias != NULL ? a->bias + u * H + h0 : out;
             float acc[4 * 16];
             for (int64_t h = 0; h < nh; ++h)
-                acc[h] = init[h];
+                acc[h] = a->bias == NULL && a->zero_init ? 0.0f : init[h];
             for (int64_t q = a->ptr[u]; q < a->ptr[u + 1]; ++q) {
                 const float *xr = a->in + (int64_t)rows[q] * G;
                 const float *wq = a->W + (slots != NULL ? slots[q] : q) * wslot + h0 * wsh;

@@ -91,7 +91,8 @@ def fanin_forward(float[::1] y, const float[::1] x, const float[::1] W, const fl
 def fanin_backward_input(float[::1] dx, const float[::1] dy, const float[::1] W,
                          const int64_t[::1] t_indptr, const int32_t[::1] t_rows,
                          const int64_t[::1] t_slots,
-                         int64_t c_in, int64_t c_out, int64_t batch, int n_threads):
+                         int64_t c_in, int64_t c_out, int64_t batch, int n_threads,
+                         bint accumulate=True):
     cdef int64_t n_in = t_indptr.shape[0] - 1
     cdef int64_t n_out = dy.shape[0] // (c_out * batch) if batch > 0 else 0
     cdef const int32_t *rows = &t_rows[0] if t_rows.shape[0] > 0 else NULL
@@ -102,7 +103,7 @@ def fanin_backward_input(float[::1] dx, const float[::1] dy, const float[::1] W,
         return
     with nogil:
         sf_fanin_backward_input(&dx[0], dyp, w, &t_indptr[0], rows, slots,
-                                n_in, n_out, c_in, c_out, batch, n_threads)
+                                n_in, n_out, c_in, c_out, batch, accumulate, n_threads)
 
 
 def fanin_backward_params(float[::1] dW, float[::1] db, const float[::1] dy, const float[::1] x,

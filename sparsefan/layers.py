@@ -240,7 +240,12 @@ class FanIn:
             grad_bias = self._grad_buffer(grad_bias, "grad_bias", self.bias_shape)
         else:
             grad_weight = grad_bias = None
-        if need_input_grad:
+        # a buffer of ours is written by the kernel, not accumulated into: no need to zero it
+        # first (the GEMM path adds into the rows its unit reads, so it needs zeros)
+        fresh_input = need_input_grad and grad_input is None and not self._use_blas
+        if fresh_input:
+            grad_input = empty_aligned(xt.shape)
+        elif need_input_grad:
             grad_input = self._grad_buffer(grad_input, "grad_input", xt.shape)
         else:
             grad_input = None
@@ -256,7 +261,8 @@ class FanIn:
             t = conn.transpose()
             _kernels.fanin_backward_input(grad_input.reshape(-1), dyt.reshape(-1),
                                           self._weight.reshape(-1), t.indptr, t.rows, t.slots,
-                                          self.c_in, self.c_out, batch, n)
+                                          self.c_in, self.c_out, batch, n,
+                                          accumulate=not fresh_input)
         return Gradients(grad_input, grad_weight, grad_bias)
 
     # -- single-unit layers: one GEMM ------------------------------------------------------------

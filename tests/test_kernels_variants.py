@@ -195,3 +195,24 @@ def test_env_var_caps_the_variant(value, expect, tmp_path):
         assert out.stdout.strip() == VARIANTS[-1]
     else:
         assert out.stdout.strip() == expect
+
+
+@pytest.mark.parametrize("batch", [1, 5, 37, 130])
+@pytest.mark.parametrize("c_in,c_out", [(1, 1), (3, 2), (2, 17)], ids=str)
+def test_input_gradient_overwrite_and_accumulate(variant, batch, c_in, c_out, rng):
+    # accumulate=False must not read dx (NaN there would show), accumulate=True adds to it
+    from sparsefan import _kernels
+    conn = make_connectivity("ragged", 20, 15, 4, seed=batch)
+    layer = _layer(conn, c_in, c_out, None)
+    dy = rng.standard_normal((conn.n_out, c_out, batch)).astype(np.float32)
+    t = conn.transpose()
+    want = ref.fanin_backward(np.zeros((batch, conn.n_in, c_in)), conn, layer.weight,
+                              layer.bias, np.transpose(dy, (2, 0, 1)))[0]
+    want = np.transpose(want, (1, 2, 0))
+    for accumulate, start in ((False, np.nan), (True, 1.0)):
+        dx = np.full((conn.n_in, c_in, batch), start, np.float32)
+        _kernels.fanin_backward_input(dx.reshape(-1), dy.reshape(-1), layer.weight.reshape(-1),
+                                      t.indptr, t.rows, t.slots, c_in, c_out, batch, 1,
+                                      accumulate=accumulate)
+        expect = want + (1.0 if accumulate else 0.0)
+        assert rel_err(dx, expect) <= TOL
