@@ -1,0 +1,48 @@
+"""One training step of the MNIST networks: forward, aggregate loss, backward (all gradients).
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/train_step.py [--batch 128]
+        [--threads 2] [--repeats 21]
+
+The architectures of experiments/mnist_results.py with random weights (the time does not
+depend on them), at the trainer's default batch of 128. Prints the median time of
+``Network.loss_and_grad`` and the share of it spent in the forward pass (``forward_fm``), so
+that a change to the kernels or to the glue around them can be measured in one command.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from network_latency import ARCHITECTURES  # noqa: E402
+
+import sparsefan as sf  # noqa: E402
+from sparsefan._timing import median_seconds as median_time  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=21)
+    args = p.parse_args()
+    rng = np.random.default_rng(0)
+    x = rng.random((args.batch, 784), dtype=np.float32)
+    y = rng.integers(0, 10, args.batch)
+    print(f"batch {args.batch}, threads {args.threads}, medians of {args.repeats}")
+    print(f"{'model':12s} {'step ms':>8s} {'forward ms':>11s} {'GFLOP/s':>8s}")
+    for name, build in ARCHITECTURES.items():
+        net = build()
+        grads = [(np.zeros(l.weight_shape, np.float32), np.zeros(l.bias_shape, np.float32))
+                 for l in net.layers]
+        step = median_time(lambda: net.loss_and_grad(x, y, grads=grads, n_threads=args.threads),
+                           args.repeats)
+        xt = sf.to_feature_major(x)
+        fwd = median_time(lambda: net.forward_fm(xt, args.threads, keep=True), args.repeats)
+        flops = 3 * net.flops(args.batch)  # forward + input and weight gradients
+        print(f"{name:12s} {step * 1e3:8.1f} {fwd * 1e3:11.1f} {flops / step / 1e9:8.1f}")
+
+
+if __name__ == "__main__":
+    main()
