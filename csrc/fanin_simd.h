@@ -572,6 +572,9 @@ SF_INLINE void SF_FN(block_rows)(const float **rows, const float *x, const int32
     }
 }
 
+/* Unit j's weight-gradient block: its connections' rows (connection, input channel) x c_out. */
+#define SF_UNIT_DW(j) (dW + indptr[(j)] * c_in * c_out)
+
 /* Weight gradients with many output channels: dW_j = X_j (rows x B) @ dY_j^T (B x c_out) is a
  * small GEMM per unit whose contraction runs over the batch, the contiguous dimension of both
  * operands. Dot products would end in one horizontal sum per dW entry (as costly as the FMAs
@@ -653,10 +656,9 @@ SF_STATIC void SF_FN(params_outer)(float *dW, const float *dy, const float *x,
     const float *rows[8], *xr[8];
     for (int64_t j = j0; j < j1; ++j) {
         const float *dyj = dy + j * c_out * B;
-        const int64_t p0 = indptr[j];
-        const int64_t R = (indptr[j + 1] - p0) * c_in;
-        const int32_t *idx = indices + p0;
-        float *dWj = dW + p0 * c_in * c_out;
+        const int64_t R = (indptr[j + 1] - indptr[j]) * c_in; /* rows of unit j's dW block */
+        const int32_t *idx = indices + indptr[j];
+        float *dWj = SF_UNIT_DW(j);
         for (int64_t o0 = 0; o0 < c_out; o0 += SF_OUTER_OB) {
             const int64_t no = c_out - o0 < SF_OUTER_OB ? c_out - o0 : SF_OUTER_OB;
             const int nv = (int)((no + VL - 1) / VL);
@@ -712,10 +714,9 @@ SF_STATIC void SF_FN(params)(float *dW, float *db, const float *dy, const float 
     }
     for (int64_t j = j0; j < j1; ++j) {
         const float *dyj = dy + j * c_out * B;
-        const int64_t p0 = indptr[j];
-        const int64_t R = (indptr[j + 1] - p0) * c_in;
-        const int32_t *idx = indices + p0;
-        float *dWj = dW + p0 * c_in * c_out;
+        const int64_t R = (indptr[j + 1] - indptr[j]) * c_in; /* rows of unit j's dW block */
+        const int32_t *idx = indices + indptr[j];
+        float *dWj = SF_UNIT_DW(j);
         for (int64_t o0 = 0; o0 < c_out; o0 += OB) {
             const int O = (int)(c_out - o0 < OB ? c_out - o0 : OB);
             for (int64_t r0 = 0; r0 < R; r0 += RF) {
