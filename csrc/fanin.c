@@ -262,20 +262,36 @@ void sf_relu_backward(float *dz, const float *dy, const float *y, int64_t n, int
 /* ------------------------------------------------------------------------------------------ */
 /* layout change                                                                               */
 
-void sf_transpose(float *out, const float *in, int64_t rows, int64_t cols, int n_threads)
+static int transpose_par(int64_t rows, int64_t cols, int n_threads)
 {
-    const sf_kernel_table *k = kernels();
-    const int par = n_threads > 1 && rows * cols >= 4 * PARALLEL_MIN_WORK;
-    const int64_t step = 32; /* rows per work item: whole 32 x 32 blocks */
+    return n_threads > 1 && rows * cols >= 4 * PARALLEL_MIN_WORK;
+}
+
+/* The transpose in work items of 32 rows (whole 32 x 32 blocks), run by every thread of the
+ * enclosing parallel region (or by the caller alone outside one); a barrier at the end. */
+static void transpose_team(const sf_kernel_table *k, float *out, const float *in, int64_t rows,
+                           int64_t cols)
+{
+    const int64_t step = 32;
     const int64_t n_items = (rows + step - 1) / step;
-    (void)par;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 4) num_threads(n_threads) if (par)
+#pragma omp for schedule(dynamic, 4)
 #endif
     for (int64_t it = 0; it < n_items; ++it) {
         const int64_t r0 = it * step;
         k->transpose(out, in, rows, cols, r0, r0 + step < rows ? r0 + step : rows);
     }
+}
+
+void sf_transpose(float *out, const float *in, int64_t rows, int64_t cols, int n_threads)
+{
+    const sf_kernel_table *k = kernels();
+    const int par = transpose_par(rows, cols, n_threads);
+    (void)par;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(n_threads) if (par)
+#endif
+    transpose_team(k, out, in, rows, cols);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -298,6 +314,15 @@ void sf_network_buffer_sizes(const sf_layer *layers, int n_layers, int64_t B, in
     }
 }
 
+/* The forward arguments of one layer of a network, prefetch decided. */
+static sf_gather_args layer_args(const sf_layer *L, float *y, const float *in, int64_t B)
+{
+    sf_gather_args a = forward_args(y, in, L->W, L->b, L->indptr, L->indices, L->c_in, L->c_out,
+                                    B, L->relu);
+    set_prefetch(&a, L->n_out, L->n_in);
+    return a;
+}
+
 void sf_network_forward(float *out, const float *x, const sf_layer *layers, int n_layers,
                         int64_t B, float *even, float *odd, int n_threads)
 {
@@ -305,10 +330,10 @@ void sf_network_forward(float *out, const float *x, const sf_layer *layers, int 
         return;
     const sf_kernel_table *k = kernels();
     const int64_t n_in = layers[0].n_in;
-    int par = n_threads > 1 && B > 1 && n_in * B >= 4 * PARALLEL_MIN_WORK;
+    int par = B > 1 && transpose_par(B, n_in, n_threads);
     for (int l = 0; l < n_layers; ++l) {
-        const sf_layer *L = &layers[l];
-        par |= use_threads(L->indptr[L->n_out] * L->c_in * L->c_out * B, n_threads);
+        const sf_gather_args a = layer_args(&layers[l], NULL, NULL, B);
+        par |= use_threads(gather_work(&a, layers[l].n_out), n_threads);
     }
     float *buf[2];
     buf[0] = even;
@@ -325,14 +350,8 @@ void sf_network_forward(float *out, const float *x, const sf_layer *layers, int 
 #pragma omp parallel num_threads(n_threads) if (par)
 #endif
     {
-        if (B > 1) { /* the layout change, (B, n_in) -> (n_in, B), in blocks of 32 rows */
-            const int64_t n_items = (B + 31) / 32;
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 4)
-#endif
-            for (int64_t it = 0; it < n_items; ++it)
-                k->transpose(buf[1], x, B, n_in, it * 32, it * 32 + 32 < B ? it * 32 + 32 : B);
-        }
+        if (B > 1) /* the layout change, (B, n_in) -> (n_in, B) */
+            transpose_team(k, buf[1], x, B, n_in);
         for (int l = 0; l < n_layers; ++l) {
 #ifdef _OPENMP
 #pragma omp single
@@ -341,9 +360,7 @@ void sf_network_forward(float *out, const float *x, const sf_layer *layers, int 
                 const sf_layer *L = &layers[l];
                 const float *in = l == 0 ? entry : buf[(l - 1) % 2];
                 float *y = l + 1 == n_layers ? out : buf[l % 2];
-                args = forward_args(y, in, L->W, L->b, L->indptr, L->indices, L->c_in,
-                                    L->c_out, B, L->relu);
-                set_prefetch(&args, L->n_out, L->n_in);
+                args = layer_args(L, y, in, B);
                 const int lp = use_threads(gather_work(&args, L->n_out), n_threads);
                 n_chunks = split_rows(L->indptr, L->n_out, lp ? n_threads : 1, bounds);
             } /* implicit barrier: every thread sees args and bounds */

@@ -217,8 +217,7 @@ SF_STATIC void SF_FN(gather_b1)(const sf_gather_args *a, int64_t u0, int64_t u1)
 
 /* One example, several channels, contiguous weight rows (wsh == 1: the forward pass): for each
  * unit u in [u0, u1), output channels [h0, h0 + NV * VL) (the last vector holding nlast lanes)
- * accumulate
- * x[row, g] * W[slot, g, h0:...] over the unit's (connection, channel) pairs. The pairs are dealt
+ * accumulate x[row, g] * W[slot, g, h0:...] over the unit's (connection, channel) pairs. The pairs are dealt
  * round-robin to P sets of accumulators -- over the channels when G is a multiple of P, else over
  * the connections -- so that P * NV independent FMA chains hide the FMA latency (one chain per
  * vector would leave the core waiting: a single example has no batch to spread over). The sets
@@ -233,7 +232,7 @@ SF_INLINE void SF_FN(b1h_block)(const sf_gather_args *a, int64_t u0, int64_t u1,
         float *out = a->out + u * H + h0;
         const float *init = a->bias != NULL ? a->bias + u * H + h0 : out;
         vf acc[4][4];
-    #define SF_B1_W(w, v) ((v) < NV - 1 ? V_LOAD((w) + (v) * VL) : V_LOADN((w) + (v) * VL, nlast))
+#define SF_B1_W(w, v) ((v) < NV - 1 ? V_LOAD((w) + (v) * VL) : V_LOADN((w) + (v) * VL, nlast))
         const int from_zero = a->bias == NULL && a->zero_init;
         for (int p = 0; p < P; ++p)
             for (int v = 0; v < NV; ++v)
@@ -273,7 +272,7 @@ SF_INLINE void SF_FN(b1h_block)(const sf_gather_args *a, int64_t u0, int64_t u1,
                 }
             }
         }
-    #undef SF_B1_W
+#undef SF_B1_W
         for (int v = 0; v < NV; ++v) {
             vf r = acc[0][v];
             if (P == 2)
@@ -304,20 +303,17 @@ SF_STATIC void SF_FN(gather_b1h)(const sf_gather_args *a, int64_t u0, int64_t u1
             const int64_t nh = H - h0 < blk ? H - h0 : blk;
             const int nv = (int)((nh + VL - 1) / VL);
             const int nlast = (int)(nh - (int64_t)(nv - 1) * VL);
-            if (G == 1) /* P x NV <= 8 independent chains */
-                switch (nv) {
-                case 1: SF_FN(b1h_block)(a, u0, u1, h0, 1, 4, 1, nlast); break;
-                case 2: SF_FN(b1h_block)(a, u0, u1, h0, 2, 4, 1, nlast); break;
-                case 3: SF_FN(b1h_block)(a, u0, u1, h0, 3, 2, 1, nlast); break;
-                default: SF_FN(b1h_block)(a, u0, u1, h0, 4, 2, 1, nlast); break;
-                }
-            else
-                switch (nv) {
-                case 1: SF_FN(b1h_block)(a, u0, u1, h0, 1, 4, 0, nlast); break;
-                case 2: SF_FN(b1h_block)(a, u0, u1, h0, 2, 4, 0, nlast); break;
-                case 3: SF_FN(b1h_block)(a, u0, u1, h0, 3, 2, 0, nlast); break;
-                default: SF_FN(b1h_block)(a, u0, u1, h0, 4, 2, 0, nlast); break;
-                }
+/* P x NV <= 8 independent chains; the channel loop compiled out when G == 1 */
+#define SF_B1H(NV, P)                                                                           \
+    (G == 1 ? SF_FN(b1h_block)(a, u0, u1, h0, NV, P, 1, nlast)                                  \
+            : SF_FN(b1h_block)(a, u0, u1, h0, NV, P, 0, nlast))
+            switch (nv) {
+            case 1: SF_B1H(1, 4); break;
+            case 2: SF_B1H(2, 4); break;
+            case 3: SF_B1H(3, 2); break;
+            default: SF_B1H(4, 2); break;
+            }
+#undef SF_B1H
         }
         return;
     }

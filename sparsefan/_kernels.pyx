@@ -259,9 +259,10 @@ def _aligned(int64_t n):
 def mean_units(const float[:, ::1] Z, double[::1] out):
     """out[i] = mean over rows r of Z[r, i], summed in float64 in row order."""
     cdef Py_ssize_t M = Z.shape[0], n = Z.shape[1], r, i
-    cdef double *o = &out[0]
+    cdef double *o
     if n == 0:
         return
+    o = &out[0]
     with nogil:
         for i in range(n):
             o[i] = 0.0
