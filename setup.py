@@ -84,11 +84,11 @@ extensions = [
         # fanin_<variant>.c: the kernel template csrc/fanin_simd.h compiled per instruction set
         # (target attributes, no -m flags), picked at run time by csrc/fanin.c
         sources=["sparsefan/_kernels.pyx", "csrc/fanin.c", "csrc/fanin_generic.c",
-                 "csrc/fanin_avx2.c", "csrc/fanin_avx512.c"],
+                 "csrc/fanin_avx2.c", "csrc/fanin_avx512.c", "csrc/certify.c"],
         include_dirs=["csrc"],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
-        depends=["csrc/fanin.h", "csrc/fanin_kernels.h", "csrc/fanin_simd.h", "csrc/fanin_ymm.h",
+        depends=["csrc/fanin.h", "csrc/certify.h", "csrc/fanin_kernels.h", "csrc/fanin_simd.h", "csrc/fanin_ymm.h",
                  "sparsefan/_fanin.pxd"],
     )
 ]

@@ -35,3 +35,9 @@ cdef extern from "fanin.h" nogil:
                                  int last_in_buffer, int64_t *even, int64_t *odd)
     void sf_network_forward(float *out, const float *x, const sf_layer *layers, int n_layers,
                             int64_t B, float *even, float *odd, int n_threads)
+
+
+cdef extern from "certify.h" nogil:
+    void sf_certify_mean_logits(int64_t *pred, double *r2, int64_t *r0, const double *S,
+                                int64_t C, int64_t B, const double *K, const double *cum,
+                                int64_t R)

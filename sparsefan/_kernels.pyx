@@ -12,7 +12,7 @@ from sparsefan._fanin cimport (
     sf_openmp_enabled, SF_CPU_N_VARIANTS, sf_cpu_variant, sf_cpu_variant_name,
     sf_cpu_variant_supported, sf_set_cpu_variant, sf_fanin_forward, sf_fanin_backward_input,
     sf_fanin_backward_params, sf_relu_backward, sf_transpose, sf_layer, sf_network_buffer_sizes,
-    sf_network_forward,
+    sf_network_forward, sf_certify_mean_logits,
 )
 from libc.stdlib cimport malloc, free
 
@@ -272,3 +272,16 @@ def mean_units(const float[:, ::1] Z, double[::1] out):
         if M > 0:
             for i in range(n):
                 o[i] /= M
+
+
+def certify_mean_logits(int64_t[::1] pred, double[::1] r2, int64_t[::1] r0,
+                        const double[:, ::1] S, const double[:, ::1] K,
+                        const double[:, :, ::1] cum):
+    """Per example: predicted class, certified L2 and L0 radii (csrc/certify.h). S (C, B)
+    mean logits, K (C, C), cum (C, C, R + 1); the caller checked every shape."""
+    cdef int64_t C = S.shape[0], B = S.shape[1], R = cum.shape[2] - 1
+    if B == 0:
+        return
+    with nogil:
+        sf_certify_mean_logits(&pred[0], &r2[0], &r0[0], &S[0, 0], C, B, &K[0, 0],
+                               &cum[0, 0, 0], R)

@@ -89,6 +89,30 @@ def mean_logits_loss(Z, y):
     return loss, dS / M
 
 
+def margin_loss(Z, y, offsets):
+    """Lipschitz-margin cross-entropy of mean logits: CE of S_c + offsets[y, c] (c != y).
+
+    With offsets = eps * K (K the margins' Lipschitz bounds) a zero loss needs every margin to
+    exceed eps * K[y, c]: the certificate at radius eps. Returns (loss, g, d_offsets, certified)
+    with dL/dZ[j] = g (C, B) for every unit, d_offsets (C, C) = dL/d offsets, and the number of
+    examples whose margins clear their offsets."""
+    M, C, B = np.shape(Z)
+    cols = np.arange(B)
+    S = mean_logits(Z)
+    raised = S + offsets[y].T  # offsets[y, y] = 0: the true logit is not raised
+    logp = log_softmax(raised, axis=0)
+    loss = -logp[y, cols].mean()
+    dS = np.exp(logp)
+    dS[y, cols] -= 1.0
+    dS /= B
+    d_off = np.zeros((C, C))
+    np.add.at(d_off, y, dS.T)
+    d_off[np.arange(C), np.arange(C)] = 0.0
+    others = np.where(np.arange(C)[:, None] == y[None, :], -np.inf, raised)
+    certified = int((S[y, cols] > others.max(axis=0)).sum())
+    return loss, dS / M, d_off, certified
+
+
 def aggregate_loss(Z, y, aggregate):
     """Cross-entropy of the aggregate and its gradient dL/dZ (same shape as Z).
 

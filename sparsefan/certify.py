@@ -16,10 +16,10 @@ L0 (number of changed pixels, each free to take any value in [0, 1]):
   (triangle inequality; ReLU is 1-Lipschitz). A pixel can move by max(x_i, 1 - x_i); costs add
   over pixels and units. Data-independent, computed once per network.
 
-L2: the margin S_y - S_c of mean logits is Lipschitz with constant at most
-||u_yc|| * prod_l Lip(layer l), where u_yc is the exact gradient of the head + mean w.r.t. the
-last hidden layer, and Lip(FanIn) <= sqrt(max_i sum_{j reads i} ||W_j||_2^2) (sparse wiring
-shrinks it). The certified radius is min_c margin_c / Lip_yc.
+L2: the margin S_y - S_c of mean logits is Lipschitz with constant at most K_yc, the
+wiring-weighted chain bound of :mod:`sparsefan.lipschitz` (or the layer-product bound
+||u_yc|| * prod_l sqrt(max_i sum_{j reads i} ||W_j||_2^2) where that is smaller). The certified
+radius is min_c margin_c / K_yc.
 
 Radii: the largest certified radius, -1 for a misclassified example. Ties in the aggregate go
 to the lowest class index, and the certificates account for it.
@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from sparsefan import aggregate as agg
+from sparsefan import lipschitz
 from sparsefan.layers import FanIn
 
 
@@ -68,11 +69,18 @@ def _wins(margins, y):
     return ok
 
 
-def l0_radius(network, x, y, max_radius=200, method=None, n_threads=None, refine=True):
+def l0_radius(network, x, y, max_radius=200, method=None, n_threads=None, refine=True,
+              room="input"):
     """Certified L0 radius per example (int, -1 if misclassified). ``method`` defaults to the
     network's aggregate: "vote", "mean_prob" or "mean_logits". ``refine`` (default) charges
     each unit only the share of its effect an input can buy (see ``_unit_fractions``), where
-    the network allows it; ``refine=False`` charges every unit in D(i) in full."""
+    the network allows it; ``refine=False`` charges every unit in D(i) in full.
+
+    ``room`` (mean_logits): how far a changed pixel can move — "input", max(x_i, 1 - x_i)
+    (tighter), or "box", 1 for every pixel (data-independent: the certificate
+    ``Network.predict_certified`` computes from precomputed tables)."""
+    if room not in ("input", "box"):
+        raise ValueError(f"room must be 'input' or 'box', got {room!r}")
     method = method or network.aggregate
     x = np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
     y = np.asarray(y).astype(np.int64)
@@ -85,7 +93,8 @@ def l0_radius(network, x, y, max_radius=200, method=None, n_threads=None, refine
         S = Z.mean(axis=0)
         margins = S[y, cols][None, :] - S
         G = influence_bounds(network)  # (C, C, N)
-        room = np.maximum(x, 1 - x).T.astype(np.float64)  # (N, B)
+        room = (np.maximum(x, 1 - x).T.astype(np.float64) if room == "input"
+                else np.ones((x.shape[1], B)))  # (N, B)
         costs = G[y].transpose(2, 1, 0) * room[:, None, :]  # (N, C, B)
     else:
         if method == "vote":
@@ -124,22 +133,18 @@ def single_mixing_layer(network):
     """True when only the first layer mixes units: every later layer reads unit j from unit j
     (identity connectivity). Then each output unit is a function of its own receptive field
     through its own weights, and influences can be kept per (unit, input) connection."""
-    first = network.layers[0].connectivity
-    for layer in network.layers[1:]:
-        c = layer.connectivity
-        if c.n_in != first.n_out or c.n_out != first.n_out or c.k != 1 or not np.array_equal(
-                c.indices, np.arange(c.n_out)):
-            return False
-    return True
+    return all(layer.connectivity.is_identity() for layer in network.layers[1:])
 
 
 def connection_influence(network):
     """For single-mixing-layer ReLU networks: A (nnz, C, C) and A1 (nnz, C), where A[p, a, b]
     bounds |d(z_ja - z_jb)| and A1[p, m] bounds |d z_jm| per unit change of the input that
-    connection p = (unit j, input i) reads. Products of |W| along the unit's own layers."""
-    cached = getattr(network, "_connection_influence", None)
-    if cached is not None:
-        return cached
+    connection p = (unit j, input i) reads. Products of |W| along the unit's own layers.
+    Cached per weight state (``Network.derived``)."""
+    return network.derived("connection_influence", _connection_influence)
+
+
+def _connection_influence(network):
     layers = network.layers
     first, head = layers[0], layers[-1]
     C = network.n_classes
@@ -154,7 +159,6 @@ def connection_influence(network):
     W0 = np.abs(first.weight.astype(np.float64))[:, 0, :]  # (nnz, h0), c_in = 1
     A = np.einsum("ph,phcd->pcd", W0, pair[owner])
     A1 = np.einsum("ph,phc->pc", W0, single[owner])
-    network._connection_influence = (A, A1)
     return A, A1
 
 
@@ -208,9 +212,12 @@ def _abs_layer(layer, weight, c_out=None):
 
 def influence_bounds(network):
     """G (C, C, N): G[y, c, i] bounds |d (S_y - S_c)| per unit change of input i, for mean
-    logits S (see the module docstring). Computed with the C backward kernels on |W|."""
-    if getattr(network, "_influence_cache", None) is not None:
-        return network._influence_cache
+    logits S (see the module docstring). Computed with the C backward kernels on |W|, once
+    per weight state (``Network.derived``)."""
+    return network.derived("influence_bounds", _influence_bounds)
+
+
+def _influence_bounds(network):
     for layer in network.layers[:-1]:
         if layer.activation not in (None, "relu"):
             raise ValueError("influence bounds need ReLU or linear layers")
@@ -233,66 +240,51 @@ def influence_bounds(network):
     for k, (a, b) in enumerate(pairs):
         G[a, b] = dy[:, 0, k]
     G *= 1.0 + 1e-5  # the float32 backward may round down; keep the bound an upper bound
-    network._influence_cache = G
     return G
 
 
 # -- L2 --------------------------------------------------------------------------------------------
 
-def layer_lipschitz(layer):
-    """Upper bound on the L2 Lipschitz constant of a FanIn layer (ReLU included, 1-Lipschitz):
-    sqrt(max_i sum_{j reads i} ||W_j||_2^2), W_j the unit's (fan_in * c_in) x c_out block."""
-    conn = layer.connectivity
-    fan = conn.fan_in()
-    sq = np.zeros(conn.n_out)
-    W = layer.weight.astype(np.float64)
-    for k in np.unique(fan):
-        rows = np.flatnonzero(fan == k)
-        if k == 0:
-            continue
-        starts = conn.indptr[rows]
-        idx = starts[:, None] + np.arange(k)[None, :]
-        blocks = W[idx].reshape(len(rows), k * layer.c_in, layer.c_out)
-        sq[rows] = np.linalg.norm(blocks, ord=2, axis=(1, 2)) ** 2
-    per_input = np.bincount(conn.indices, weights=sq[conn.row_of_connection()],
-                            minlength=conn.n_in)
-    return float(np.sqrt(per_input.max()))
-
-
 def lipschitz_margin_bounds(network):
-    """L (C, C): L[y, c] bounds the L2 Lipschitz constant of S_y - S_c (mean logits)."""
-    if network.aggregate != "mean_logits":
-        raise ValueError("L2 certificates are implemented for mean_logits networks")
-    head = network.layers[-1]
-    C, M = network.n_classes, network.n_units
-    body = 1.0
-    for layer in network.layers[:-1]:
-        body *= layer_lipschitz(layer)
-    W = head.weight.astype(np.float64)  # (nnz, h, C)
-    owner = head.connectivity.indices
-    L = np.zeros((C, C))
-    for a in range(C):
-        for b in range(C):
-            if a == b:
-                continue
-            u = np.zeros((head.n_in, head.c_in))
-            np.add.at(u, owner, (W[:, :, a] - W[:, :, b]) / M)
-            L[a, b] = np.linalg.norm(u) * body
-    return L
+    """L (C, C): L[y, c] bounds the L2 Lipschitz constant of S_y - S_c (mean logits); see
+    :func:`sparsefan.lipschitz.margin_bounds`. Cached per weight state."""
+    return lipschitz.margin_bounds(network)
+
+
+def certificate_tables(network, max_radius=200):
+    """The constants of ``Network.predict_certified``, per weight state: K (C, C) from
+    :func:`lipschitz_margin_bounds` and cum (C, C, R + 1), cum[y, c, r] the sum of the r
+    largest influence bounds G[y, c, :] (R = min(n_in, max_radius))."""
+    def compute(net):
+        K = lipschitz_margin_bounds(net)
+        G = influence_bounds(net)
+        R = min(net.n_in, int(max_radius))
+        top = -np.sort(-G, axis=2)[:, :, :R]
+        cum = np.zeros(G.shape[:2] + (R + 1,))
+        np.cumsum(top, axis=2, out=cum[:, :, 1:])
+        return np.ascontiguousarray(K), cum
+    return network.derived(f"certificate_tables/{int(max_radius)}", compute)
+
+
+def radius_from_margins(S, y, K):
+    """Certified L2 radius from mean logits S (C, B), labels y (B,) and bounds K (C, C):
+    min_c (S_y - S_c) / K[y, c], -1 where y does not win."""
+    B = len(y)
+    cols = np.arange(B)
+    margins = S[y, cols][None, :] - S  # (C, B)
+    Ky = K[y].T  # (C, B)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # a zero bound: that margin cannot move at all
+        r = np.where((np.arange(S.shape[0])[:, None] == y[None, :]) | (Ky == 0), np.inf,
+                     margins / Ky)
+    radius = np.maximum(r.min(axis=0), 0.0)
+    return np.where(_wins(margins, y), radius, -1.0)
 
 
 def l2_radius(network, x, y, n_threads=None):
     """Certified L2 radius per example (float, -1 if misclassified), mean_logits networks."""
-    L = lipschitz_margin_bounds(network)
+    K = lipschitz_margin_bounds(network)
     x = np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(len(x), -1))
     y = np.asarray(y).astype(np.int64)
-    Z = network.unit_logits(x, n_threads).astype(np.float64)
-    S = Z.mean(axis=0)
-    B = len(y)
-    cols = np.arange(B)
-    margins = S[y, cols][None, :] - S  # (C, B)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.where(np.arange(network.n_classes)[:, None] == y[None, :], np.inf,
-                     margins / L[y].T)
-    radius = np.maximum(r.min(axis=0), 0.0)
-    return np.where(_wins(margins, y), radius, -1.0)
+    S = agg.mean_logits(network.unit_logits(x, n_threads))
+    return radius_from_margins(S, y, K)

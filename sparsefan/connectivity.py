@@ -401,6 +401,12 @@ class Connectivity:
             "out_degree_max": int(d.max()),
         }
 
+    def is_identity(self):
+        """True when unit j reads input j alone, for every j (a per-unit layer)."""
+        return (self.n_in == self.n_out and self.nnz == self.n_out
+                and np.array_equal(self.indptr, np.arange(self.n_out + 1))
+                and np.array_equal(self.indices, np.arange(self.n_out)))
+
     def row(self, j):
         """The inputs that output unit ``j`` reads, in slot order (read-only view)."""
         return self.indices[self.indptr[j]: self.indptr[j + 1]]

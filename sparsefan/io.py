@@ -312,8 +312,9 @@ def load_checkpoint(path, network, optimizer, config):
     finally:
         reader.close()
     for layer, s in zip(network.layers, saved.layers):
-        layer.weight[...] = s.weight
-        layer.bias[...] = s.bias
+        with layer.edit() as (w, b):  # in place: the optimizer state refers to these layers
+            w[...] = s.weight
+            b[...] = s.bias
     for st, loaded in zip(optimizer.state, bufs):
         for b, l in zip(st, loaded):
             b[...] = l

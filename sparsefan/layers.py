@@ -14,6 +14,8 @@ so a network can keep activations in that layout between layers (sparsefan.layou
 """
 from __future__ import annotations
 
+import itertools
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import numpy as np
@@ -25,6 +27,10 @@ from sparsefan.connectivity import Connectivity
 from sparsefan.layout import empty_aligned, from_feature_major, to_feature_major
 
 ACTIVATIONS = (None, "relu")
+
+# Every write to a layer's parameters takes a fresh number from this one counter, so a tuple of
+# layer versions names a weight state uniquely within the process (see FanIn.version).
+_VERSIONS = itertools.count(1)
 
 
 class Gradients(NamedTuple):
@@ -100,22 +106,66 @@ class FanIn:
     def bias_shape(self):
         return (self.connectivity.n_out, self.c_out)
 
+    # Parameters are owned, read-only arrays: an assignment copies, and in-place updates go
+    # through ``edit()``. Either advances ``version``, on which everything derived from the
+    # weights (certificate constants, influence tables) is keyed, so it can never go stale.
+
     @property
     def weight(self):
+        """(nnz, c_in, c_out) float32, read-only; assign a new array or use ``edit()``."""
         return self._weight
 
     @weight.setter
     def weight(self, value):
-        self._weight = check_array(value, "weight", np.float32, shape=self.weight_shape,
-                                   finite=True)
+        self._weight = _owned(check_array(value, "weight", np.float32, shape=self.weight_shape,
+                                          finite=True))
+        self._version = next(_VERSIONS)
 
     @property
     def bias(self):
+        """(n_out, c_out) float32, read-only; assign a new array or use ``edit()``."""
         return self._bias
 
     @bias.setter
     def bias(self, value):
-        self._bias = check_array(value, "bias", np.float32, shape=self.bias_shape, finite=True)
+        self._bias = _owned(check_array(value, "bias", np.float32, shape=self.bias_shape,
+                                        finite=True))
+        self._version = next(_VERSIONS)
+
+    @property
+    def version(self):
+        """A number that changes with every write to the weight or bias (process-unique)."""
+        return self._version
+
+    @contextmanager
+    def edit(self):
+        """In-place access to the parameters: ``with layer.edit() as (weight, bias): ...``.
+
+        The arrays are writable inside the block; leaving it (also by an exception) makes them
+        read-only again and advances ``version``. Values are not re-validated: the trainer
+        checks its loss, ``check_parameters()`` checks on demand."""
+        w, b = self._weight, self._bias
+        w.flags.writeable = b.flags.writeable = True
+        try:
+            yield w, b
+        finally:
+            w.flags.writeable = b.flags.writeable = False
+            self._version = next(_VERSIONS)
+
+    def check_parameters(self):
+        """Raise ValueError if the weight or bias holds NaN or Inf."""
+        for name in ("weight", "bias"):
+            if not np.isfinite(getattr(self, "_" + name)).all():
+                raise ValueError(f"{name} contains NaN or Inf")
+
+    def __getstate__(self):
+        return self.__dict__.copy()
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        for name in ("_weight", "_bias"):  # unpickled arrays come back writable and shared
+            self.__dict__[name] = _owned(self.__dict__[name])
+        self._version = next(_VERSIONS)
 
     @property
     def n_params(self):
@@ -305,3 +355,10 @@ class FanIn:
         if buf is None:
             return empty_aligned(shape, zero=True)
         return check_writable(check_array(buf, name, np.float32, shape=shape), name)
+
+
+def _owned(a):
+    """A read-only copy of ``a`` that no one else holds."""
+    a = np.array(a, dtype=np.float32, order="C", copy=True)
+    a.flags.writeable = False
+    return a

@@ -10,6 +10,7 @@ one GEMM (see FanIn), so a dense MLP is a Network too and trains with the same t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,6 +23,21 @@ from sparsefan.layers import FanIn
 from sparsefan.layout import to_feature_major
 
 
+class Certified(NamedTuple):
+    """Predictions with certificates (see ``Network.predict_certified``)."""
+
+    classes: np.ndarray
+    l2_radius: np.ndarray
+    l0_radius: np.ndarray
+
+
+def _same_state(a, b):
+    """Equal state keys; connectivities compare by identity (they are immutable objects)."""
+    if a[:2] != b[:2] or len(a[2]) != len(b[2]):
+        return False
+    return all(x[:4] == y[:4] and x[4] is y[4] for x, y in zip(a[2], b[2]))
+
+
 @dataclass
 class StepResult:
     """One forward + backward pass on a batch."""
@@ -31,6 +47,8 @@ class StepResult:
     unit_loss: float
     correct: int
     grads: list  # per layer: (grad_weight, grad_bias)
+    d_offsets: np.ndarray | None = None  # (C, C) dLoss/d offsets, with margin offsets
+    certified: int | None = None  # examples whose margins clear the offsets
 
 
 class Network:
@@ -166,7 +184,31 @@ class Network:
         state = self.__dict__.copy()
         state.pop("_plan", None)  # C pointers: rebuilt on the next call
         state.pop("_plan_key", None)
+        state.pop("_derived", None)  # recomputed for the unpickled weights
         return state
+
+    # -- constants derived from the weights --------------------------------------------------
+
+    def _state_key(self):
+        return (self.aggregate, self.n_classes, tuple(
+            (layer.version, layer.activation, layer.c_in, layer.c_out, layer.connectivity)
+            for layer in self.layers))
+
+    def derived(self, name, compute):
+        """``compute(self)``, cached under ``name`` for the current weight state.
+
+        The cache is keyed on every layer's ``version`` (advanced by any write to its weight
+        or bias, see ``FanIn.edit``), activation, channels and connectivity object, and on the
+        aggregate: a derived constant (certificate bounds, influence tables) can never outlive
+        the weights it was computed from."""
+        key = self._state_key()
+        cache = self.__dict__.setdefault("_derived", {})
+        hit = cache.get(name)
+        if hit is not None and _same_state(hit[0], key):
+            return hit[1]
+        value = compute(self)
+        cache[name] = (key, value)
+        return value
 
     def unit_logits(self, x, n_threads=None, batch_size=4096):
         """Per-unit class scores Z, shape (M, C, batch), float32.
@@ -205,14 +247,41 @@ class Network:
         """(batch,) predicted class (argmax of the aggregate scores; ties -> lowest class)."""
         return self.scores(x, n_threads).argmax(axis=1)
 
+    def predict_certified(self, x, n_threads=None, max_l0=200):
+        """Every prediction with its certificates, for mean_logits networks.
+
+        Returns :class:`Certified` (classes (batch,) int64, l2_radius (batch,) float64,
+        l0_radius (batch,) int64): no perturbation of L2 norm below ``l2_radius`` (pixels
+        staying in [0, 1]), and no change of at most ``l0_radius`` pixels (each to any value
+        in [0, 1]), changes the predicted class. The radii equal
+        ``certify.l2_radius(net, x, classes)`` and ``certify.l0_radius(net, x, classes,
+        room="box", max_radius=max_l0)``; the constants behind them are computed once per
+        weight state, so a prediction costs one forward pass plus O(C log max_l0) per example.
+        """
+        from sparsefan import certify
+
+        if self.aggregate != "mean_logits":
+            raise ValueError("predict_certified needs a mean_logits network, got aggregate="
+                             f"{self.aggregate!r} (use sparsefan.certify.l0_radius)")
+        max_l0 = check_int(max_l0, "max_l0", 0)
+        S = agg.mean_logits(self.unit_logits(x, n_threads))  # (C, B) float64, checks x
+        K, cum = certify.certificate_tables(self, max_l0)
+        B = S.shape[1]
+        classes, l0 = np.empty(B, np.int64), np.empty(B, np.int64)
+        l2 = np.empty(B)
+        _kernels.certify_mean_logits(classes, l2, l0, np.ascontiguousarray(S), K, cum)
+        return Certified(classes, l2, l0)
+
     # -- training ------------------------------------------------------------------------------
 
     def loss_and_grad(self, x, y, aggregate_weight=1.0, unit_weight=0.0, n_threads=None,
-                      grads=None):
+                      grads=None, offsets=None):
         """Loss = aggregate_weight * CE(aggregate) + unit_weight * mean per-unit CE, and the
         gradient of every layer's weight and bias (accumulated into ``grads`` if given).
 
-        x (batch, n_in) float32, y (batch,) int labels in [0, n_classes).
+        x (batch, n_in) float32, y (batch,) int labels in [0, n_classes). ``offsets`` (C, C),
+        mean_logits only: the aggregate loss becomes the Lipschitz-margin cross-entropy
+        (:func:`sparsefan.aggregate.margin_loss`); the result carries dLoss/d offsets.
         """
         x = self._check_x(x, check_finite=False)
         y = np.asarray(y)
@@ -225,7 +294,17 @@ class Network:
         Z = acts[-1]
         loss_a = loss_u = 0.0
         dZ = None  # float64, scaled and summed in place: one Z-sized float64 array at a time
-        if aggregate_weight and not unit_weight and self.aggregate == "mean_logits":
+        d_off = certified = None
+        if offsets is not None:
+            if self.aggregate != "mean_logits" or unit_weight or not aggregate_weight:
+                raise ValueError("margin offsets need a mean_logits network and the aggregate "
+                                 "loss alone")
+            loss_a, g, d_off, certified = agg.margin_loss(Z, y, offsets)
+            g *= aggregate_weight
+            d_off *= aggregate_weight
+            dy = np.empty(Z.shape, np.float32)
+            dy[...] = g.astype(np.float32)
+        elif aggregate_weight and not unit_weight and self.aggregate == "mean_logits":
             # every unit gets the same gradient: cast it once and broadcast it into float32
             loss_a, g = agg.mean_logits_loss(Z, y)
             g *= aggregate_weight
@@ -257,7 +336,8 @@ class Network:
                                   check_finite=False, overwrite_dyt=True)
             dy = g.input
         loss = aggregate_weight * loss_a + unit_weight * loss_u
-        return StepResult(float(loss), float(loss_a), float(loss_u), correct, grads)
+        return StepResult(float(loss), float(loss_a), float(loss_u), correct, grads, d_off,
+                          certified)
 
     def input_gradient(self, x, objective, n_threads=None):
         """Value and input gradient of ``objective`` through the C backward pass.

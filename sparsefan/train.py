@@ -33,7 +33,13 @@ class TrainingError(FloatingPointError):
 @dataclass
 class TrainConfig:
     """Training hyper-parameters. ``aggregate_loss``/``unit_loss`` weight the two losses;
-    None picks (1, 0) for differentiable aggregates and (0, 1) for the vote."""
+    None picks (1, 0) for differentiable aggregates and (0, 1) for the vote.
+
+    Certified L2 training (mean_logits networks): with ``l2_epsilon`` > 0 the aggregate loss is
+    the Lipschitz-margin cross-entropy, every non-true mean logit raised by eps * K[y, c], K the
+    wiring-weighted bound of :mod:`sparsefan.lipschitz` estimated by ``power_iterations`` steps
+    of power iteration per training step; eps rises linearly from 0 over the first
+    ``epsilon_ramp`` of the training steps, then stays at ``l2_epsilon``."""
 
     epochs: int = 10
     batch_size: int = 128
@@ -49,6 +55,9 @@ class TrainConfig:
     patience: int | None = None
     seed: int = 0
     n_threads: int | None = None
+    l2_epsilon: float = 0.0
+    epsilon_ramp: float = 0.5
+    power_iterations: int = 1
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -66,6 +75,12 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
+        if not (self.l2_epsilon >= 0 and math.isfinite(self.l2_epsilon)):
+            raise ValueError(f"l2_epsilon must be >= 0, got {self.l2_epsilon}")
+        if not (0.0 <= self.epsilon_ramp <= 1.0):
+            raise ValueError(f"epsilon_ramp must be a fraction in [0, 1], got {self.epsilon_ramp}")
+        if int(self.power_iterations) < 1:
+            raise ValueError(f"power_iterations must be >= 1, got {self.power_iterations}")
 
     def loss_weights(self, aggregate):
         a, u = self.aggregate_loss, self.unit_loss
@@ -88,6 +103,15 @@ class TrainResult:
     best_epoch: int | None = None
     seconds: float = 0.0
     steps: int = 0
+
+
+def train_epsilon(config, step, steps_per_epoch):
+    """The certified-training radius at ``step``: linear from 0 over the first
+    ``epsilon_ramp`` of all steps, then ``l2_epsilon``."""
+    ramp = config.epsilon_ramp * config.epochs * steps_per_epoch
+    if ramp <= 0:
+        return config.l2_epsilon
+    return config.l2_epsilon * min(1.0, (step + 1) / ramp)
 
 
 def learning_rate(config, step, steps_per_epoch):
@@ -119,35 +143,45 @@ class Optimizer:
         self.t = 0
 
     def step(self, grads, lr):
-        cfg = self.config
         self.t += 1
         flat = [g for pair in grads for g in pair]
-        for (layer, attr, decay), g, st in zip(self.params, flat, self.state):
-            p = getattr(layer, attr)  # updated in place: the layer keeps its validated array
-            if cfg.optimizer == "adam":
-                m, v = st
-                b1, b2, eps = 0.9, 0.999, 1e-8
-                m *= b1
-                m += (1 - b1) * g
-                v *= b2
-                v += (1 - b2) * g * g
-                if decay and cfg.weight_decay:
-                    p -= np.float32(lr * cfg.weight_decay) * p
-                mhat = m / (1 - b1 ** self.t)
-                vhat = v / (1 - b2 ** self.t)
-                # p -= lr * mhat / (sqrt(vhat) + eps), in place: two temporaries, not five
-                mhat *= lr
-                np.sqrt(vhat, out=vhat)
-                vhat += eps
-                mhat /= vhat
-                p -= mhat
-            else:
-                (buf,) = st
-                if decay and cfg.weight_decay:
-                    g = g + np.float32(cfg.weight_decay) * p
-                buf *= np.float32(cfg.momentum)
-                buf += g
-                p -= np.float32(lr) * buf
+        for i, layer in enumerate(network_layers(self.params)):
+            with layer.edit() as arrays:  # in place: the layer keeps its arrays and plan
+                for k in range(2):
+                    _, _, decay = self.params[2 * i + k]
+                    self._update(arrays[k], flat[2 * i + k], self.state[2 * i + k], lr, decay)
+
+    def _update(self, p, g, st, lr, decay):
+        cfg = self.config
+        if cfg.optimizer == "adam":
+            m, v = st
+            b1, b2, eps = 0.9, 0.999, 1e-8
+            m *= b1
+            m += (1 - b1) * g
+            v *= b2
+            v += (1 - b2) * g * g
+            if decay and cfg.weight_decay:
+                p -= np.float32(lr * cfg.weight_decay) * p
+            mhat = m / (1 - b1 ** self.t)
+            vhat = v / (1 - b2 ** self.t)
+            # p -= lr * mhat / (sqrt(vhat) + eps), in place: two temporaries, not five
+            mhat *= lr
+            np.sqrt(vhat, out=vhat)
+            vhat += eps
+            mhat /= vhat
+            p -= mhat
+        else:
+            (buf,) = st
+            if decay and cfg.weight_decay:
+                g = g + np.float32(cfg.weight_decay) * p
+            buf *= np.float32(cfg.momentum)
+            buf += g
+            p -= np.float32(lr) * buf
+
+
+def network_layers(params):
+    """The layers of an Optimizer's (layer, attribute, decay) list, in order, once each."""
+    return [params[i][0] for i in range(0, len(params), 2)]
 
 
 def evaluate(network, x, y, n_threads=None, batch_size=2048):
@@ -222,6 +256,18 @@ def train(network, x, y, config=None, x_val=None, y_val=None, checkpoint=None, r
     has_val = len(x_val) > 0
 
     opt = Optimizer(network, config)
+    bound = None
+    if config.l2_epsilon > 0:
+        from sparsefan.lipschitz import MarginBound
+
+        if network.aggregate != "mean_logits":
+            raise ValueError(f"certified L2 training (l2_epsilon > 0) needs a mean_logits "
+                             f"network, got aggregate={network.aggregate!r}")
+        if aw == 0 or uw:
+            raise ValueError("certified L2 training (l2_epsilon > 0) trains the aggregate loss "
+                             "alone: set unit_loss=0")
+        bound = MarginBound(network, iterations=config.power_iterations, seed=config.seed)
+        opt.state.append(bound.buffers())  # checkpointed with the optimizer: exact resume
     result = TrainResult()
     start_epoch = 0
     best = None  # (accuracy, epoch, weights)
@@ -250,13 +296,21 @@ def train(network, x, y, config=None, x_val=None, y_val=None, checkpoint=None, r
     try:
         for epoch in range(start_epoch, config.epochs):
             order = np.random.default_rng([config.seed, epoch]).permutation(len(x))
-            loss_sum = correct = seen = 0
+            loss_sum = correct = seen = certified = 0
             for s in range(0, len(x), config.batch_size):
                 idx = order[s:s + config.batch_size]
                 for gw, gb in grads:
                     gw.fill(0)
                     gb.fill(0)
-                r = network.loss_and_grad(x[idx], y[idx], aw, uw, config.n_threads, grads)
+                offsets = None
+                if bound is not None:
+                    eps = train_epsilon(config, opt.t, steps_per_epoch)
+                    offsets = eps * bound.value(warm=opt.t == 0)
+                r = network.loss_and_grad(x[idx], y[idx], aw, uw, config.n_threads, grads,
+                                          offsets=offsets)
+                if bound is not None:
+                    bound.backward(eps * r.d_offsets, grads)
+                    certified += r.certified
                 if not math.isfinite(r.loss):
                     raise TrainingError(
                         f"loss is {r.loss} at step {opt.t + 1} (epoch {epoch + 1}); lower the "
@@ -270,6 +324,9 @@ def train(network, x, y, config=None, x_val=None, y_val=None, checkpoint=None, r
                     bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.4f}")
             row = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen,
                    "seconds": time.perf_counter() - t0}
+            if bound is not None:  # margins past eps_t * (the training estimate of K)
+                row["train_certified"] = certified / seen
+                row["epsilon"] = train_epsilon(config, opt.t - 1, steps_per_epoch)
             if has_val:
                 row["val_accuracy"], row["val_loss"] = evaluate(network, x_val, y_val,
                                                                 config.n_threads)
@@ -295,14 +352,15 @@ def train(network, x, y, config=None, x_val=None, y_val=None, checkpoint=None, r
         result.best_epoch = best[1]
         if config.patience is not None:
             for layer, (w, b) in zip(network.layers, best[2]):
-                layer.weight[...] = w
-                layer.bias[...] = b
+                layer.weight, layer.bias = w, b
     return result
 
 
 def _epoch_line(row):
     s = (f"epoch {row['epoch']:3d}  loss {row['loss']:.4f}  train acc "
          f"{100 * row['train_accuracy']:.2f}%")
+    if "train_certified" in row:
+        s += f"  cert@{row['epsilon']:.2f} {100 * row['train_certified']:.2f}%"
     if "val_accuracy" in row:
         s += f"  val acc {100 * row['val_accuracy']:.2f}%  val loss {row['val_loss']:.4f}"
     return s + f"  [{row['seconds']:.0f}s]"

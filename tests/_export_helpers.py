@@ -116,7 +116,7 @@ def zoo():
                       FanIn(sf.Connectivity.random(40, 30, 4, seed=2), 6, 3, seed=2)],
                      3, "mean_logits", (12, 12), name="ragged")
     for layer in ragged.layers:
-        layer.bias[...] = r.normal(size=layer.bias.shape).astype(np.float32)
+        layer.bias = r.normal(size=layer.bias.shape).astype(np.float32)
     return {
         "direct": builders.direct(input_shape=(12, 12), n_units=50, fan_in=10, hidden=(8, 4),
                                   seed=1),

@@ -217,7 +217,8 @@ def test_fused_plan_follows_parameter_updates(rng):
     x = rng.random((4, 36), dtype=np.float32)
     before = net.unit_logits(x)
     plan = net._fused_plan()
-    net.layers[0].weight[...] *= 2.0  # in place (what the optimizers do): same plan
+    with net.layers[0].edit() as (w, _):  # in place (what the optimizers do): same plan
+        w *= 2.0
     assert net._fused_plan() is plan
     assert np.array_equal(net.unit_logits(x), _layer_by_layer(net, x, 1))
     net.layers[-1].bias = np.ones(net.layers[-1].bias_shape, np.float32)  # replaced

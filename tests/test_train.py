@@ -114,7 +114,8 @@ def test_early_stopping_restores_best(digits):
 def test_nan_loss_names_the_step(digits):
     x, y, _, _ = digits
     net = small_net()
-    net.layers[-1].weight[0, 0, 0] = np.inf  # corrupt in place, past validation
+    with net.layers[-1].edit() as (w, _):  # corrupt in place, past validation
+        w[0, 0, 0] = np.inf
     with pytest.raises(TrainingError, match=r"loss is (nan|inf) at step 1 \(epoch 1\)"):
         train(net, x[:100], y[:100], TrainConfig(epochs=1), progress=False, log=quiet)
 
