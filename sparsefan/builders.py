@@ -43,41 +43,54 @@ def _first_wiring(wiring, input_shape, n_units, k, sigma, seed):
     raise ValueError(f"wiring must be one of {WIRINGS}, got {wiring!r}")
 
 
-def _per_unit_mlp(first, hidden, n_classes, seed):
-    """FanIn(first, 1 -> h1, relu) -> FanIn(identity, h1 -> h2, relu) ... -> head (-> C)."""
+ACTIVATIONS = ("relu", "maxmin")
+
+
+def _check_activation(activation):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    return activation
+
+
+def _per_unit_mlp(first, hidden, n_classes, seed, activation="relu"):
+    """FanIn(first, 1 -> h1, act) -> FanIn(identity, h1 -> h2, act) ... -> head (-> C)."""
     hidden = [int(h) for h in hidden]
     if not hidden or min(hidden) < 1:
         raise ValueError(f"hidden must list at least one positive width, got {hidden}")
+    activation = _check_activation(activation)
     rng = np.random.default_rng(seed)
-    layers = [FanIn(first, 1, hidden[0], activation="relu", seed=rng)]
+    layers = [FanIn(first, 1, hidden[0], activation=activation, seed=rng)]
     ident = Connectivity.identity(first.n_out)
     for a, b in zip(hidden[:-1], hidden[1:]):
-        layers.append(FanIn(ident, a, b, activation="relu", seed=rng))
+        layers.append(FanIn(ident, a, b, activation=activation, seed=rng))
     layers.append(FanIn(ident, hidden[-1], n_classes, seed=rng))
     return layers
 
 
 def direct(input_shape=(28, 28), n_classes=10, n_units=None, fan_in=None, wiring="gaussian",
-           hidden=(32,), aggregate="mean_logits", sigma=None, seed=0):
+           hidden=(32,), aggregate="mean_logits", sigma=None, seed=0, activation="relu"):
     """2N output units (default), each reading ``fan_in`` (default round(N^(2/3))) inputs,
-    each computing its own MLP (``hidden`` widths) and emitting n_classes scores."""
+    each computing its own MLP (``hidden`` widths, ``activation`` "relu" or "maxmin") and
+    emitting n_classes scores."""
     input_shape = _image_shape(input_shape)
     N = int(np.prod(input_shape))
     n_units = 2 * N if n_units is None else int(n_units)
     k = min(N, round(N ** (2 / 3))) if fan_in is None else int(fan_in)
     first = _first_wiring(wiring, input_shape, n_units, k, sigma, seed)
-    layers = _per_unit_mlp(first, hidden, n_classes, seed + 1)
+    layers = _per_unit_mlp(first, hidden, n_classes, seed + 1, activation)
+    act = "" if activation == "relu" else f", activation={activation}"
     return Network(layers, n_classes, aggregate, input_shape,
-                   name=f"direct(units={n_units}, fan_in={k}, wiring={wiring})")
+                   name=f"direct(units={n_units}, fan_in={k}, wiring={wiring}{act})")
 
 
 def hierarchy(input_shape=(28, 28), n_classes=10, levels=2, n_units=None, fan_in=None,
               wiring="gaussian", channels=None, head_hidden=(), aggregate="mean_logits",
-              spread=1.5, seed=0):
+              spread=1.5, seed=0, activation="relu"):
     """``levels`` FanIn levels of ``n_units`` (default 2N) units each, fan-in ``fan_in``
     (default round(N^(1/levels))) per level, ReLU, then the per-unit head.
 
-    ``channels`` gives each level's output channels (default 8 at level 1, 16 above).
+    ``channels`` gives each level's output channels (default 8 at level 1, 16 above);
+    ``activation`` is "relu" or "maxmin" (even channel counts).
     Gaussian wiring keeps receptive fields local: level-1 units sit on a grid over the image
     and read nearby pixels; a level-l unit reads level-(l-1) units near its own position, with
     sigma = ``spread`` x the radius of a disc holding ``fan_in`` of them. Partition wiring
@@ -95,6 +108,7 @@ def hierarchy(input_shape=(28, 28), n_classes=10, levels=2, n_units=None, fan_in
     channels = [int(c) for c in channels]
     if len(channels) != levels:
         raise ValueError(f"channels must have one entry per level ({levels}), got {channels}")
+    activation = _check_activation(activation)
     rng = np.random.default_rng(seed)
     conns = [_first_wiring(wiring, input_shape, M, min(k, N), None, seed)]
     if wiring == "gaussian":
@@ -110,19 +124,20 @@ def hierarchy(input_shape=(28, 28), n_classes=10, levels=2, n_units=None, fan_in
     layers = []
     c_prev = 1
     for conn, c in zip(conns, channels):
-        layers.append(FanIn(conn, c_prev, c, activation="relu", seed=rng))
+        layers.append(FanIn(conn, c_prev, c, activation=activation, seed=rng))
         c_prev = c
     ident = Connectivity.identity(M)
     for h in head_hidden:
-        layers.append(FanIn(ident, c_prev, int(h), activation="relu", seed=rng))
+        layers.append(FanIn(ident, c_prev, int(h), activation=activation, seed=rng))
         c_prev = int(h)
     layers.append(FanIn(ident, c_prev, n_classes, seed=rng))
+    act = "" if activation == "relu" else f", activation={activation}"
     return Network(layers, n_classes, aggregate, input_shape,
-                   name=f"hierarchy(levels={levels}, units={M}, fan_in={k}, wiring={wiring})")
+                   name=f"hierarchy(levels={levels}, units={M}, fan_in={k}, wiring={wiring}{act})")
 
 
 def partition_ensemble(input_shape=(28, 28), n_classes=10, part_size=13, hidden=(32,),
-                       aggregate="vote", seed=0):
+                       aggregate="vote", seed=0, activation="relu"):
     """One random disjoint partition of the inputs into groups of ~``part_size`` (N // part_size
     groups, sizes differing by at most 1), a small MLP per group, and a plurality vote: the
     Feature Partition Aggregation configuration. Train it with the per-unit loss."""
@@ -130,24 +145,27 @@ def partition_ensemble(input_shape=(28, 28), n_classes=10, part_size=13, hidden=
     N = int(np.prod(input_shape))
     n_parts = max(1, N // int(part_size))
     first = Connectivity.partition(N, n_parts, seed=seed)
-    layers = _per_unit_mlp(first, hidden, n_classes, seed + 1)
+    layers = _per_unit_mlp(first, hidden, n_classes, seed + 1, activation)
     return Network(layers, n_classes, aggregate, input_shape,
                    name=f"partition_ensemble(parts={n_parts}, part_size~{part_size})")
 
 
-def dense_mlp(input_shape=(28, 28), n_classes=10, hidden=(256, 256), seed=0):
-    """A dense MLP: FanIn(dense(N -> 1 unit), 1 -> h1) -> ... -> head; runs as GEMMs."""
+def dense_mlp(input_shape=(28, 28), n_classes=10, hidden=(256, 256), seed=0,
+              activation="relu"):
+    """A dense MLP: FanIn(dense(N -> 1 unit), 1 -> h1, act) -> ... -> head; runs as GEMMs."""
     input_shape = _image_shape(input_shape)
     N = int(np.prod(input_shape))
+    activation = _check_activation(activation)
     rng = np.random.default_rng(seed)
     hidden = [int(h) for h in hidden]
-    layers = [FanIn(Connectivity.dense(N, 1), 1, hidden[0], activation="relu", seed=rng)]
+    layers = [FanIn(Connectivity.dense(N, 1), 1, hidden[0], activation=activation, seed=rng)]
     one = Connectivity.identity(1)
     for a, b in zip(hidden[:-1], hidden[1:]):
-        layers.append(FanIn(one, a, b, activation="relu", seed=rng))
+        layers.append(FanIn(one, a, b, activation=activation, seed=rng))
     layers.append(FanIn(one, hidden[-1], n_classes, seed=rng))
+    act = "" if activation == "relu" else f", activation={activation}"
     return Network(layers, n_classes, "mean_logits", input_shape,
-                   name=f"dense_mlp(hidden={tuple(hidden)})")
+                   name=f"dense_mlp(hidden={tuple(hidden)}{act})")
 
 
 BUILDERS = {

@@ -13,7 +13,8 @@ L0 (number of changed pixels, each free to take any value in [0, 1]):
 - ``mean_logits``: the per-pixel influence bound. For ReLU networks, changing input i by
   delta moves unit j's logit difference z_jy - z_jc by at most G_jyc(i) |delta|, where G is the
   backward pass of |W| through every layer starting from |W_head[:, :, y] - W_head[:, :, c]|
-  (triangle inequality; ReLU is 1-Lipschitz). A pixel can move by max(x_i, 1 - x_i); costs add
+  (triangle inequality; ReLU is 1-Lipschitz; a MaxMin pair's outputs each move by at most
+  the sum of its inputs' moves). A pixel can move by max(x_i, 1 - x_i); costs add
   over pixels and units. Data-independent, computed once per network.
 
 L2: the margin S_y - S_c of mean logits is Lipschitz with constant at most K_yc, the
@@ -219,8 +220,8 @@ def influence_bounds(network):
 
 def _influence_bounds(network):
     for layer in network.layers[:-1]:
-        if layer.activation not in (None, "relu"):
-            raise ValueError("influence bounds need ReLU or linear layers")
+        if layer.activation not in (None, "relu", "maxmin"):
+            raise ValueError("influence bounds need ReLU, MaxMin or linear layers")
     head = network.layers[-1]
     C, M = network.n_classes, network.n_units
     W = head.weight.astype(np.float64)  # (nnz, h, C)
@@ -233,6 +234,10 @@ def _influence_bounds(network):
     np.add.at(g, head.connectivity.indices, diff / M)
     dy = np.ascontiguousarray(g, dtype=np.float32)
     for layer in reversed(network.layers[:-1]):
+        if layer.activation == "maxmin":  # each output of a pair moves by at most |da| + |db|
+            v = dy.reshape(layer.n_out, -1, 2, P)
+            dy = np.ascontiguousarray(np.repeat(v.sum(axis=2, keepdims=True), 2, axis=2)
+                                      .reshape(layer.n_out, layer.c_out, P))
         a = _abs_layer(layer, np.abs(layer.weight))
         xt = np.zeros((layer.n_in, layer.c_in, P), np.float32)
         dy = a.backward_fm(xt, dy, need_param_grad=False, check_finite=False).input

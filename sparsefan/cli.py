@@ -23,16 +23,19 @@ def build_network(args, input_shape, n_classes):
     if args.arch == "direct":
         return builders.direct(n_units=args.units, fan_in=args.fan_in, wiring=args.wiring,
                                hidden=args.hidden or (32,), aggregate=args.aggregate or
-                               "mean_logits", **common)
+                               "mean_logits", activation=args.activation, **common)
     if args.arch == "hierarchy":
         return builders.hierarchy(levels=args.levels, n_units=args.units, fan_in=args.fan_in,
                                   wiring=args.wiring, channels=args.hidden or None,
-                                  aggregate=args.aggregate or "mean_logits", **common)
+                                  aggregate=args.aggregate or "mean_logits",
+                                  activation=args.activation, **common)
     if args.arch == "partition_ensemble":
         return builders.partition_ensemble(part_size=args.fan_in or 13,
                                            hidden=args.hidden or (32,),
-                                           aggregate=args.aggregate or "vote", **common)
-    return builders.dense_mlp(hidden=args.hidden or (256, 256), **common)
+                                           aggregate=args.aggregate or "vote",
+                                           activation=args.activation, **common)
+    return builders.dense_mlp(hidden=args.hidden or (256, 256), activation=args.activation,
+                              **common)
 
 
 def _add_data_args(p):
@@ -63,7 +66,8 @@ def cmd_train(args):
                          lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
                          aggregate_loss=args.aggregate_loss, unit_loss=args.unit_loss,
                          validation=args.validation, patience=args.patience, seed=args.seed,
-                         n_threads=args.threads)
+                         n_threads=args.threads, l2_epsilon=args.l2_epsilon,
+                         epsilon_ramp=args.epsilon_ramp, power_iterations=args.power_iterations)
     result = train(net, x_train, y_train.astype(np.int64), config, checkpoint=args.checkpoint,
                    resume=args.resume, progress=not args.quiet)
     acc, loss = evaluate(net, as_float_inputs(x_test), y_test.astype(np.int64), args.threads)
@@ -72,6 +76,16 @@ def cmd_train(args):
     meta = {"dataset": args.data, "test_accuracy": acc, "train_seconds": result.seconds,
             "config": json.loads(config.to_json()), "history": result.history,
             "command": " ".join(sys.argv)}
+    if net.aggregate == "mean_logits" and config.l2_epsilon > 0:
+        from sparsefan import certify
+
+        radius = certify.l2_radius(net, as_float_inputs(x_test), y_test.astype(np.int64),
+                                   n_threads=args.threads)
+        cert = float((radius >= config.l2_epsilon).mean())
+        meta["test_certified_l2"] = {"epsilon": config.l2_epsilon, "accuracy": cert,
+                                     "median_radius": float(np.median(radius))}
+        print(f"certified L2 accuracy at eps {config.l2_epsilon:g}: {100 * cert:.2f}% "
+              f"(median radius {np.median(radius):.3f}; sparsefan.certify.l2_radius)")
     io.save_model(net, args.out, metadata=meta)
     print(f"saved {args.out}")
     return 0
@@ -264,6 +278,9 @@ def make_parser():
                    help="comma-separated widths: per-unit MLP (direct, partition_ensemble), "
                         "channels per level (hierarchy), hidden layers (dense_mlp)")
     p.add_argument("--aggregate", choices=("mean_logits", "mean_prob", "vote"), default=None)
+    p.add_argument("--activation", choices=("relu", "maxmin"), default="relu",
+                   help="hidden activation; maxmin (even widths) suits certified training "
+                        "(the C and ONNX exports take relu only)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
@@ -275,6 +292,13 @@ def make_parser():
     p.add_argument("--validation", type=float, default=0.0,
                    help="fraction of the training set held out for validation")
     p.add_argument("--patience", type=int, default=None, help="early-stopping patience (epochs)")
+    p.add_argument("--l2-epsilon", type=float, default=0.0,
+                   help="certified L2 training at this radius: Lipschitz-margin loss on the "
+                        "wiring-weighted bound (mean_logits networks; default 0: off)")
+    p.add_argument("--epsilon-ramp", type=float, default=0.5,
+                   help="fraction of the training over which eps rises from 0 (default 0.5)")
+    p.add_argument("--power-iterations", type=int, default=1,
+                   help="power-iteration steps per training step for the bound (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", default=None, help="checkpoint file, written every epoch")
     p.add_argument("--resume", action="store_true", help="resume from --checkpoint if present")

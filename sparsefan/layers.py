@@ -2,6 +2,10 @@
 
     y[b, j, :] = act(bias[j] + sum_{t, c} W[p(j, t), c, :] * x[b, idx[j, t], c])
 
+act: none, ReLU (fused into the kernel), or MaxMin: channels (2i, 2i+1) of a unit become
+(max, min) of the pair — 1-Lipschitz and gradient-norm preserving, the activation that
+Lipschitz-constrained networks train best with (Anil et al. 2019).
+
 Shapes (float32 throughout):
     connectivity  n_out rows over n_in units, nnz connections (sparsefan.Connectivity)
     weight        (nnz, c_in, c_out): one (c_in x c_out) block per connection p
@@ -26,7 +30,7 @@ from sparsefan._validation import check_array, check_int, check_writable
 from sparsefan.connectivity import Connectivity
 from sparsefan.layout import empty_aligned, from_feature_major, to_feature_major
 
-ACTIVATIONS = (None, "relu")
+ACTIVATIONS = (None, "relu", "maxmin")
 
 # Every write to a layer's parameters takes a fresh number from this one counter, so a tuple of
 # layer versions names a weight state uniquely within the process (see FanIn.version).
@@ -50,8 +54,9 @@ class FanIn:
         Which inputs each output unit reads. Never changed by training.
     c_in, c_out : int
         Channels per input unit and per output unit.
-    activation : None or "relu"
-        Fused into the forward kernel.
+    activation : None, "relu" or "maxmin"
+        ReLU is fused into the forward kernel; MaxMin (c_out even) sorts each pair of output
+        channels (2i, 2i+1) of a unit into (max, min), after the kernel.
     weight : float32 array (nnz, c_in, c_out), optional
         Default: He-normal (relu) or LeCun-normal (no activation) with each unit's own fan-in
         ``fan_in(j) * c_in``, drawn from ``seed``.
@@ -74,11 +79,14 @@ class FanIn:
         self.c_out = check_int(c_out, "c_out", 1)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if activation == "maxmin" and self.c_out % 2:
+            raise ValueError(f"maxmin pairs output channels: c_out must be even, got "
+                             f"{self.c_out}")
         self.activation = activation
         resolve_n_threads(n_threads)  # fail early on a bad value
         self.n_threads = n_threads
         if weight is None:
-            gain = 2.0 if activation == "relu" else 1.0
+            gain = 2.0 if activation == "relu" else 1.0  # MaxMin keeps the norm: gain 1
             fan = np.repeat(np.maximum(connectivity.fan_in(), 1), connectivity.fan_in())
             std = np.sqrt(gain / (fan * self.c_in))[:, None, None]
             rng = np.random.default_rng(seed)
@@ -252,14 +260,20 @@ class FanIn:
             check_writable(check_array(out, "out", np.float32,
                                        shape=(self.n_out, self.c_out, batch)), "out")
         conn = self.connectivity
+        self._linear_fm(out, xt, self._threads(n_threads), relu=self.activation == "relu")
+        if self.activation == "maxmin":
+            _maxmin(out)
+        return out
+
+    def _linear_fm(self, out, xt, n, relu):
+        """out = W x + b (ReLU'd with ``relu``), in the kernels' layout; no checks."""
+        conn = self.connectivity
         if self._use_blas:
-            self._blas_forward(out, xt)
-            return out
+            self._blas_forward(out, xt, relu)
+            return
         _kernels.fanin_forward(out.reshape(-1), xt.reshape(-1), self._weight.reshape(-1),
                                self._bias.reshape(-1), conn.indptr, conn.indices,
-                               self.c_in, self.c_out, batch, self.activation == "relu",
-                               self._threads(n_threads))
-        return out
+                               self.c_in, self.c_out, xt.shape[2], relu, n)
 
     def backward_fm(self, xt, dyt, yt=None, grad_input=None, grad_weight=None, grad_bias=None,
                     need_input_grad=True, n_threads=None, check_finite=True,
@@ -267,7 +281,8 @@ class FanIn:
         """Backward pass in the kernels' layout; gradients *accumulate* into given buffers.
 
         xt (n_in, c_in, B) is the forward input, dyt (n_out, c_out, B) the output gradient,
-        yt (n_out, c_out, B) the forward output (needed for ReLU). Buffers not given are
+        yt (n_out, c_out, B) the forward output (needed for ReLU; MaxMin recomputes the
+        pre-activation from xt instead, one more forward pass). Buffers not given are
         allocated as zeros. Returns :class:`Gradients` (input in the (n_in, c_in, B) layout).
         With ``need_param_grad=False`` only the input gradient is computed (weight and bias
         are None): the attacks' path. With ``overwrite_dyt`` a ReLU layer masks dyt in place
@@ -285,6 +300,10 @@ class FanIn:
             dzt = check_writable(dyt, "dyt") if overwrite_dyt else empty_aligned(dyt.shape)
             _kernels.relu_backward(dzt.reshape(-1), dyt.reshape(-1), yt.reshape(-1), n)
             dyt = dzt
+        elif self.activation == "maxmin":
+            zt = empty_aligned(out_shape)
+            self._linear_fm(zt, xt, n, relu=False)
+            dyt = _maxmin_backward(zt, dyt)
         if need_param_grad:
             grad_weight = self._grad_buffer(grad_weight, "grad_weight", self.weight_shape)
             grad_bias = self._grad_buffer(grad_bias, "grad_bias", self.bias_shape)
@@ -333,12 +352,12 @@ class FanIn:
             return xt.reshape(self.n_in * self.c_in, -1)
         return xt[idx].reshape(idx.size * self.c_in, -1)
 
-    def _blas_forward(self, out, xt):
+    def _blas_forward(self, out, xt, relu):
         w = self._weight.reshape(-1, self.c_out)  # (k * c_in, c_out)
         y = out.reshape(self.c_out, -1)
         np.matmul(w.T, self._gather(xt), out=y)
         y += self._bias.reshape(self.c_out, 1)
-        if self.activation == "relu":
+        if relu:
             np.maximum(y, 0.0, out=y)  # keeps NaN, like the kernel
 
     def _blas_backward(self, xt, dzt, grad_input, grad_weight, grad_bias):
@@ -355,6 +374,27 @@ class FanIn:
         if buf is None:
             return empty_aligned(shape, zero=True)
         return check_writable(check_array(buf, name, np.float32, shape=shape), name)
+
+
+def _maxmin(out):
+    """MaxMin in place on (units, channels, batch): channels (2i, 2i+1) -> (max, min)."""
+    v = out.reshape(out.shape[0], -1, 2, out.shape[2])
+    lo = np.minimum(v[:, :, 0], v[:, :, 1])
+    np.maximum(v[:, :, 0], v[:, :, 1], out=v[:, :, 0])
+    v[:, :, 1] = lo
+
+
+def _maxmin_backward(zt, dyt):
+    """The gradient w.r.t. the pre-activation zt of MaxMin's output gradient dyt (a new
+    array): the max's gradient goes to the larger of the pair (the first one at a tie)."""
+    z = zt.reshape(zt.shape[0], -1, 2, zt.shape[2])
+    d = dyt.reshape(z.shape)
+    first = z[:, :, 0] >= z[:, :, 1]
+    out = np.empty_like(zt)
+    o = out.reshape(z.shape)
+    o[:, :, 0] = np.where(first, d[:, :, 0], d[:, :, 1])
+    o[:, :, 1] = np.where(first, d[:, :, 1], d[:, :, 0])
+    return out
 
 
 def _owned(a):

@@ -6,7 +6,7 @@ against every c at L2 radius eps.
 
 The wiring-weighted chain bound (DESIGN §4). Each unit j of layer l has one dense block W_lj
 (fan_in_j * c_in x c_out) on its field R_j; its output moves by at most s_lj ||dx_Rj||, with
-s_lj = ||W_lj||_2 (ReLU is 1-Lipschitz). Let m be the last layer that mixes units (every later
+s_lj = ||W_lj||_2 (ReLU and MaxMin are 1-Lipschitz in L2 on the unit's channels). Let m be the last layer that mixes units (every later
 layer is per-unit, identity connectivity), u_j the gradient of f_yc w.r.t. output unit j's last
 hidden activations (exact: (W_head_j[:, y] - W_head_j[:, c]) / M) and
 
@@ -49,8 +49,8 @@ class _Wiring:
         layers = network.layers
         self.n_layers = len(layers)
         for layer in layers[:-1]:
-            if layer.activation not in (None, "relu"):
-                raise ValueError("the L2 bound needs ReLU or linear layers")
+            if layer.activation not in (None, "relu", "maxmin"):
+                raise ValueError("the L2 bound needs ReLU, MaxMin or linear layers")
         m = self.n_layers - 1
         while m > 0 and layers[m].connectivity.is_identity():
             m -= 1

@@ -158,13 +158,14 @@ class Network:
         return acts if keep else acts[-1]
 
     def _fused_plan(self):
-        """The layers as one C call (the inference path), or None when a layer runs as a GEMM.
+        """The layers as one C call (the inference path), or None when a layer runs as a GEMM
+        or has a MaxMin activation.
 
         Cached; rebuilt when a layer's weight, bias or connectivity arrays are replaced or its
         activation or channels change (in-place updates, as the optimizers make, keep it valid).
         ``self.layers`` is a public list and the C call trusts the chain: a rebuild checks it."""
-        if any(layer._use_blas for layer in self.layers):
-            return None
+        if any(layer._use_blas or layer.activation == "maxmin" for layer in self.layers):
+            return None  # layer by layer: GEMM layers and MaxMin run outside the C chain
         arrays = [a for layer in self.layers
                   for a in (layer._weight, layer._bias, layer.connectivity.indptr,
                             layer.connectivity.indices)]

@@ -27,6 +27,9 @@ def fanin_forward(x, connectivity, weight, bias, activation=None):
         y[:, j, :] = z
     if activation == "relu":
         y = np.maximum(y, 0.0)
+    elif activation == "maxmin":  # channels (2i, 2i+1) -> (max, min) of the pair
+        a, b = y[:, :, 0::2], y[:, :, 1::2]
+        y = np.stack([np.maximum(a, b), np.minimum(a, b)], axis=-1).reshape(y.shape)
     return y
 
 
@@ -41,6 +44,13 @@ def fanin_backward(x, connectivity, weight, bias, dy, activation=None):
     if activation == "relu":
         z = fanin_forward(x, connectivity, weight, bias)
         dy = dy * (z > 0)  # ReLU'(z), taking 0 at z = 0
+    elif activation == "maxmin":
+        z = fanin_forward(x, connectivity, weight, bias)
+        first = z[:, :, 0::2] >= z[:, :, 1::2]  # the pair's max is its first channel
+        d = np.empty_like(dy)
+        d[:, :, 0::2] = np.where(first, dy[:, :, 0::2], dy[:, :, 1::2])
+        d[:, :, 1::2] = np.where(first, dy[:, :, 1::2], dy[:, :, 0::2])
+        dy = d
     dx = np.zeros_like(x)
     dW = np.zeros_like(weight)
     db = dy.sum(axis=0)  # bias[j] is added to every example

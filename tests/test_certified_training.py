@@ -43,6 +43,9 @@ NETS = {
                                                          head_hidden=(3,), seed=3),
     "dense_mlp": lambda: builders.dense_mlp((6, 6), 4, hidden=(5, 3), seed=4),
     "ragged_mixing_head": ragged_net,
+    "hierarchy2_maxmin": lambda: builders.hierarchy((6, 6), 4, levels=2, n_units=10, fan_in=3,
+                                                    channels=(2, 4), activation="maxmin",
+                                                    seed=6),
 }
 
 

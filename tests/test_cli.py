@@ -43,6 +43,19 @@ def test_train_info_eval_on_embedded(tmp_path, capsys):
     assert code == 0 and "test accuracy" in text
 
 
+def test_certified_training_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "cert.npz"
+    code, text, _ = run(["train", "--data", "embedded", "--arch", "direct", "--units", "196",
+                         "--fan-in", "16", "--hidden", "8", "--epochs", "3", "--lr", "1e-2",
+                         "--l2-epsilon", "0.5", "--epsilon-ramp", "0.5", "--quiet",
+                         "--out", str(out)], capsys)
+    assert code == 0 and "certified L2 accuracy at eps 0.5" in text
+    meta = io.load_model(out).metadata
+    assert meta["config"]["l2_epsilon"] == 0.5
+    assert 0.0 < meta["test_certified_l2"]["accuracy"] <= meta["test_accuracy"]
+    assert "cert@0.50" in text
+
+
 def test_errors_are_messages_not_tracebacks(tmp_path, capsys):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"nope")

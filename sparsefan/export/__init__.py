@@ -35,11 +35,20 @@ def runtime_dir():
                             "installation; reinstall sparsefan")
 
 
+def check_exportable(network):
+    """Raise ValueError for a network the exports cannot express (MaxMin activations)."""
+    for i, layer in enumerate(getattr(network, "layers", ())):
+        if layer.activation not in (None, "relu"):
+            raise ValueError(f"layers[{i}] has activation {layer.activation!r}: the C, int8 and "
+                             f"ONNX exports support ReLU and linear layers")
+
+
 def export_onnx(network, path):
     """Write ``network`` as an ONNX model to ``path`` (opset 17, dynamic batch); see
     :mod:`sparsefan.export.onnx`. Needs ``pip install 'sparsefan[export]'``."""
     from sparsefan.export.onnx import export_onnx as _export
 
+    check_exportable(network)
     return _export(network, path)
 
 

@@ -343,7 +343,11 @@ def export_c(model, out_dir, name="model", runtime=True):
         Also copy ``sf_runtime.h`` / ``sf_runtime.c`` into ``out_dir`` (default).
 
     Returns a :class:`CExport` (the paths written and the :class:`Footprint`).
+    Networks with MaxMin activations are refused (ValueError).
     """
+    from sparsefan.export import check_exportable
+
+    check_exportable(getattr(model, "network", model))
     from sparsefan.export import runtime_dir
 
     name = check_name(name)

@@ -145,6 +145,9 @@ def export_onnx(network, path):
         raise FileNotFoundError(f"the directory of {path!r} does not exist")
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path!r} is a directory; give a file name ending in .onnx")
+    from sparsefan.export import check_exportable
+
+    check_exportable(network)
     model = build_model(network)
     tmp = path + ".tmp"
     try:

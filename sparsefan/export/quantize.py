@@ -151,6 +151,9 @@ def quantize_int8(network, calibration, percentile=100.0, batch_size=2048):
     """
     if not isinstance(network, Network):
         raise TypeError(f"network must be a sparsefan Network, got {type(network).__name__}")
+    from sparsefan.export import check_exportable
+
+    check_exportable(network)
     if isinstance(calibration, np.ndarray) and calibration.dtype == np.uint8:
         raise TypeError("calibration holds uint8 images: scale them as for training first "
                         "(sparsefan.train.as_float_inputs)")
