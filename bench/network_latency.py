@@ -52,7 +52,7 @@ def kernels_only(net, x1, threads):
         h = xt
         for layer, b in zip(net.layers, bufs):
             if layer._use_blas:
-                layer._blas_forward(b, h)
+                layer._blas_forward(b, h, layer.activation == "relu")
             else:
                 c = layer.connectivity
                 _kernels.fanin_forward(b.reshape(-1), h.reshape(-1), layer.weight.reshape(-1),

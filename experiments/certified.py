@@ -34,6 +34,13 @@ DESIGNS = {
     "hierarchy3": (builders.hierarchy, dict(levels=3, channels=(8, 16, 16)),
                    dict(CERT, epochs=6)),
     "dense_mlp": (builders.dense_mlp, dict(hidden=(256, 256)), dict(CERT, epochs=6)),
+    # MaxMin activations (1-Lipschitz, gradient-norm preserving)
+    "dense_mlp_maxmin": (builders.dense_mlp, dict(hidden=(256, 256), activation="maxmin"),
+                         dict(CERT, epochs=6)),
+    "direct49_maxmin": (builders.direct, dict(n_units=1568, fan_in=49, hidden=(16,),
+                                              activation="maxmin"), dict(CERT, epochs=6)),
+    "hierarchy2_maxmin": (builders.hierarchy, dict(levels=2, channels=(8, 16),
+                                                   activation="maxmin"), dict(CERT, epochs=6)),
 }
 
 

@@ -184,13 +184,14 @@ class MarginBound:
     ``value()`` returns K (C, C); ``backward(dK, grads)`` adds dLoss/dW for dLoss/dK into the
     trainer's ``grads`` [(grad_weight, grad_bias)] (float32)."""
 
-    def __init__(self, network, iterations=1, temperature=0.05, seed=0):
+    def __init__(self, network, iterations=1, temperature=0.05, seed=0, dtype=np.float32):
         if network.aggregate != "mean_logits":
             raise ValueError("certified L2 training needs a mean_logits network")
         self.network = network
         self.wiring = _Wiring(network)
         self.iterations = int(iterations)
         self.temperature = float(temperature)
+        self.dtype = np.dtype(dtype)  # of the power iteration (float64: for exact tests)
         self.pairs, self.E = _pairs(network.n_classes)
         rng = np.random.default_rng(seed)
         # per layer (< head), per group: right singular vectors (n_rows, c_out), float32 so
@@ -220,8 +221,10 @@ class MarginBound:
         for l, layer in enumerate(layers[:-1]):
             sl = np.zeros(layer.n_out)
             per = []
-            for g, (rows, B) in enumerate(wiring.blocks(l, layer, layer.weight.astype(np.float64))):
-                v = self.vectors[l][g].astype(np.float64)
+            # float32 by default (the weights as they are, no copy): an estimate for training
+            W = layer.weight.astype(self.dtype, copy=False)
+            for g, (rows, B) in enumerate(wiring.blocks(l, layer, W)):
+                v = self.vectors[l][g].astype(self.dtype)
                 if B.shape[1] == 0:
                     per.append((rows, B, np.zeros((B.shape[0], B.shape[1])), v))
                     continue
@@ -233,6 +236,7 @@ class MarginBound:
                 u = np.einsum("nkc,nc->nk", B, v)
                 sig = np.linalg.norm(u, axis=1)
                 u /= np.maximum(sig, 1e-30)[:, None]
+                sig = sig.astype(np.float64)
                 self.vectors[l][g][...] = v
                 if rows is None:
                     sl[:] = sig
@@ -282,8 +286,9 @@ class MarginBound:
         for l in range(L - 1):
             gw = grads[l][0]
             for rows, B, u, v in sv["uv"][l]:
-                g = (gs[l] if rows is None else gs[l][rows])[:, None, None] * (
-                    u[:, :, None] * v[:, None, :])
+                # d sigma / d block = u v^T (top singular pair), one float32 outer product each
+                scale = (gs[l] if rows is None else gs[l][rows]).astype(u.dtype)
+                g = (u * scale[:, None])[:, :, None] @ v[:, None, :]
                 self._add_block_grad(l, rows, g, gw)
         # head: n_pj = ||d_pj|| / M with d = B @ E.T
         M = net.n_units
@@ -299,7 +304,7 @@ class MarginBound:
     def _add_block_grad(self, l, rows, g, gw):
         layer = self.network.layers[l]
         if rows is None:
-            gw += g.reshape(gw.shape).astype(np.float32)
+            np.add(gw, g.reshape(gw.shape), out=gw, casting="unsafe")
         else:
             conn = layer.connectivity
             idx = (conn.indptr[rows][:, None] + np.arange(g.shape[1] // layer.c_in)[None, :])

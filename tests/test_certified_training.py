@@ -50,7 +50,7 @@ NETS = {
 
 
 def bound_value(net, dK, iterations=300):
-    mb = lipschitz.MarginBound(net, iterations=iterations, temperature=1e-9)
+    mb = lipschitz.MarginBound(net, iterations=iterations, temperature=1e-9, dtype=np.float64)
     return float((mb.value() * dK).sum()), mb
 
 
@@ -91,7 +91,7 @@ def test_certified_bound_dominates_every_sampled_gradient(name):
     for layer in net.layers:
         layer.bias = (0.3 * rng.standard_normal(layer.bias_shape)).astype(np.float32)
     K = certify.lipschitz_margin_bounds(net)
-    mb = lipschitz.MarginBound(net, iterations=300)
+    mb = lipschitz.MarginBound(net, iterations=300, dtype=np.float64)
     assert (K <= mb.value() * lipschitz.SAFETY * (1 + 1e-6)).all()
     pts = rng.random((400, 36)).astype(np.float32)
     M = net.n_units
@@ -321,3 +321,21 @@ def test_predict_certified_follows_the_weights_and_refuses_other_aggregates():
         vote.predict_certified(x)
     with pytest.raises(ValueError, match="x must have shape"):
         net.predict_certified(x[:, :5])
+
+
+@pytest.mark.parametrize("name", ["direct", "hierarchy2", "dense_mlp"])
+def test_float32_training_bound_agrees_with_float64(name):
+    """Training runs the bound in float32 (the weights uncopied); it tracks the float64 one."""
+    net = NETS[name]()
+    dK = np.random.default_rng(2).random((4, 4))
+    out = []
+    for dtype in (np.float32, np.float64):
+        mb = lipschitz.MarginBound(net, iterations=100, dtype=dtype)
+        K = mb.value()
+        grads = [(np.zeros(l.weight_shape, np.float32), np.zeros(l.bias_shape, np.float32))
+                 for l in net.layers]
+        mb.backward(dK, grads)
+        out.append((K, grads))
+    np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-5)
+    for (g32, _), (g64, _) in zip(out[0][1], out[1][1]):
+        np.testing.assert_allclose(g32, g64, rtol=1e-3, atol=1e-4 * np.abs(g64).max())
