@@ -241,7 +241,7 @@ def cmd_export(args):
         calib = _calibration_inputs(args.calibration, net, args.data_dir)
         model = export.quantize_int8(net, calib, percentile=args.percentile)
         print(f"int8: calibrated on {len(calib)} inputs (percentile {args.percentile:g})")
-    written = export.export_c(model, args.out_dir, name)
+    written = export.export_c(model, args.out_dir, name, certificates=args.certificates)
     print("wrote " + ", ".join(written.files))
     arm = export.measure_cortex_m4(written) if args.cortex_m4 else None
     _print_footprint("int8" if args.quantize else "float32", written.footprint, arm)
@@ -354,6 +354,9 @@ def make_parser():
                         "mnist[:N] (the first N training images; default N 1000)")
     p.add_argument("--percentile", type=float, default=100.0,
                    help="activation scales cover this percentile of |activation| (default 100)")
+    p.add_argument("--certificates", action="store_true",
+                   help="also write NAME_predict_certified: the class with certified L2 and L0 "
+                        "radii (float32 mean_logits models; adds C*C*(R+2) floats of tables)")
     p.add_argument("--no-eval", action="store_true",
                    help="skip the float32 vs int8 test accuracy report")
     p.add_argument("--cortex-m4", action="store_true",

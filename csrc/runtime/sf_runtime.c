@@ -287,6 +287,64 @@ int sf_predict(const sf_model *model, const float *input, float *scores, void *s
     return SF_OK;
 }
 
+/* The largest r in 0..R with cum[r] < m (<= m when a tie still wins). cum[0] = 0 <= m. */
+static int32_t last_below(const float *cum, uint32_t R, float m, int tie_wins)
+{
+    uint32_t lo = 0u, hi = R;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo + 1u) / 2u;
+        if (tie_wins ? cum[mid] <= m : cum[mid] < m)
+            lo = mid;
+        else
+            hi = mid - 1u;
+    }
+    return (int32_t)lo;
+}
+
+int sf_predict_certified(const sf_model *model, const sf_certificates *cert, const float *input,
+                         int32_t *label, float *l2_radius, int32_t *l0_radius, void *scratch)
+{
+    sf_plan p;
+    float *scores;
+    uint32_t y, c, C;
+    float best2 = 0.0f;
+    int32_t best0;
+    int have = 0, err;
+    if (cert == NULL || label == NULL || l2_radius == NULL || l0_radius == NULL ||
+        cert->K == NULL || cert->cum == NULL)
+        return SF_ERR_NULL;
+    err = prepare(model, input, scratch, scratch, &p);
+    if (err != SF_OK)
+        return err;
+    C = model->n_classes;
+    if (model->quantized || model->aggregate != SF_MEAN_LOGITS || cert->n_classes != C)
+        return SF_ERR_MODEL;
+    scores = (float *)(void *)((unsigned char *)scratch + p.scores);
+    aggregate(model, run_layers(model, &p, input, (unsigned char *)scratch), scores);
+    y = argmax(scores, C);
+    best0 = (int32_t)cert->max_l0;
+    for (c = 0; c < C; ++c) {
+        float m, k, r;
+        int32_t r0;
+        if (c == y)
+            continue;
+        m = scores[y] - scores[c]; /* >= 0, and > 0 when c < y (ties go to the lower class) */
+        k = cert->K[(size_t)y * C + c];
+        r = k > 0.0f ? m / k : 3.4e38f; /* a zero bound: the margin cannot move */
+        if (!have || r < best2)
+            best2 = r;
+        have = 1;
+        r0 = last_below(cert->cum + ((size_t)y * C + c) * (cert->max_l0 + 1u), cert->max_l0, m,
+                        y < c);
+        if (r0 < best0)
+            best0 = r0;
+    }
+    *label = (int32_t)y;
+    *l2_radius = have ? best2 : 3.4e38f;
+    *l0_radius = best0;
+    return SF_OK;
+}
+
 int sf_classify(const sf_model *model, const float *input, void *scratch)
 {
     sf_plan p;

@@ -98,6 +98,24 @@ int sf_predict(const sf_model *model, const float *input, float *scores, void *s
 /* The predicted class (argmax of the scores, ties -> lowest), or a negative SF_ERR_* code. */
 int sf_classify(const sf_model *model, const float *input, void *scratch);
 
+/* The constants of the certificates of a float32 mean_logits model, computed by sparsefan from
+ * its weights at export time (sparsefan.certify.certificate_tables) and rounded up:
+ *   K[y][c]       bounds the L2 Lipschitz constant of the margin S_y - S_c of mean logits;
+ *   cum[y][c][r]  the sum of the r largest per-pixel influence bounds of that margin, r = 0..R. */
+typedef struct {
+    uint32_t n_classes;         /* C, as the model's */
+    uint32_t max_l0;            /* R */
+    const float *K;             /* [C][C] */
+    const float *cum;           /* [C][C][R + 1] */
+} sf_certificates;
+
+/* The predicted class of input[n_in] with its certificates: no perturbation of L2 norm below
+ * *l2_radius, and no change of at most *l0_radius pixels (inputs in [0, 1]), changes the class.
+ * As sparsefan's Network.predict_certified, to float32 rounding. Returns SF_OK or SF_ERR_*
+ * (SF_ERR_MODEL for an int8 or non-mean_logits model, or certificates of another shape). */
+int sf_predict_certified(const sf_model *model, const sf_certificates *cert, const float *input,
+                         int32_t *label, float *l2_radius, int32_t *l0_radius, void *scratch);
+
 #ifdef __cplusplus
 }
 #endif

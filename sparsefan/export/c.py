@@ -149,10 +149,14 @@ def _array_bytes(ctype, arr):
     return size * max(1, np.asarray(arr).size)
 
 
-def footprint(model):
-    """:class:`Footprint` of ``model`` (a Network for float32, a QuantizedNetwork for int8)."""
+def footprint(model, certificates=False):
+    """:class:`Footprint` of ``model`` (a Network for float32, a QuantizedNetwork for int8);
+    with ``certificates``, the certificate tables of NAME_predict_certified included."""
     network, qlayers, tables = _tables(_check_model(model))
     const = sum(_array_bytes(ct, a) for _, _, arrays in tables for ct, _, a, _ in arrays)
+    if certificates:
+        K, cum = _certificate_tables(model)
+        const += 4 * (K.size + cum.size)
     return Footprint(const, scratch_bytes(network, qlayers is not None), qlayers is not None)
 
 
@@ -177,17 +181,38 @@ def _comment_text(text):
     return str(text).replace("*/", "* /").replace("\n", " ")
 
 
-def generate(model, name):
-    """(header text, source text) for ``model`` under the C prefix ``name``."""
+def _certificate_tables(model):
+    from sparsefan import certify
+
+    if isinstance(model, QuantizedNetwork) or model.aggregate != "mean_logits":
+        raise ValueError("certificates (NAME_predict_certified) need a float32 mean_logits "
+                         "model: int8 arithmetic is not the network the bounds hold for")
+    return certify.certificate_tables(model)
+
+
+def generate(model, name, certificates=False):
+    """(header text, source text) for ``model`` under the C prefix ``name``; with
+    ``certificates`` also NAME_predict_certified and its constant tables."""
     model = _check_model(model)
     name = check_name(name)
     network, qlayers, tables = _tables(model)
     quantized = qlayers is not None
     up = name.upper()
-    fp = footprint(model)
+    fp = footprint(model, certificates)
     kind = "int8" if quantized else "float32"
     desc = _comment_text(network.name)
 
+    certified = None
+    certified_decl = ""
+    if certificates:
+        certified = _certificate_tables(model)
+        certified_decl = f"""
+/* the predicted class with its certificates: no perturbation of L2 norm below *l2_radius, no
+ * change of at most *l0_radius pixels (inputs in [0, 1]) changes it; as sparsefan's
+ * Network.predict_certified, to float32 rounding */
+int {name}_predict_certified(const float *input, int32_t *label, float *l2_radius,
+                             int32_t *l0_radius, void *scratch);
+"""
     header = f"""/*
  * {name}: a sparsefan network exported to C99 ({kind}).
  *   network   {desc}
@@ -230,7 +255,7 @@ int {name}_logits(const float *input, float *logits, void *scratch);
 
 /* the predicted class (ties -> lowest), or a negative SF_ERR_* code */
 int {name}_classify(const float *input, void *scratch);
-
+{certified_decl}
 #ifdef __cplusplus
 }}
 #endif
@@ -292,7 +317,31 @@ int {name}_classify(const float *input, void *scratch)
     return sf_classify(&{name}_model, input, scratch);
 }}
 """)
+    if certified:
+        K, cum = certified
+        C, R = network.n_classes, cum.shape[2] - 1
+        parts.append(f"""
+/* certificates: constants from sparsefan.certify.certificate_tables, rounded up to float */
+{_c_array("float", "cert_K", _round_up(K), 8)}{_c_array("float", "cert_cum", _round_up(cum), 8)}
+static const sf_certificates certificates = {{{C}u, {R}u, cert_K, cert_cum}};
+
+int {name}_predict_certified(const float *input, int32_t *label, float *l2_radius,
+                             int32_t *l0_radius, void *scratch)
+{{
+    return sf_predict_certified(&{name}_model, &certificates, input, label, l2_radius, l0_radius,
+                                scratch);
+}}
+""")
     return header, "".join(parts)
+
+
+def _round_up(a):
+    """float32 values >= the float64 ones (a bound must not shrink in the cast)."""
+    a = np.asarray(a, dtype=np.float64)
+    f = a.astype(np.float32)
+    low = f.astype(np.float64) < a
+    f[low] = np.nextafter(f[low], np.float32(np.inf))
+    return f
 
 
 def _prepare_dir(out_dir):
@@ -329,7 +378,7 @@ def _write_text(path, text):
         raise
 
 
-def export_c(model, out_dir, name="model", runtime=True):
+def export_c(model, out_dir, name="model", runtime=True, certificates=False):
     """Write ``NAME.h`` and ``NAME.c`` for ``model`` into ``out_dir`` (created if needed).
 
     Parameters
@@ -341,6 +390,9 @@ def export_c(model, out_dir, name="model", runtime=True):
         A C identifier: the file names and the prefix of every symbol (``NAME_predict``...).
     runtime : bool
         Also copy ``sf_runtime.h`` / ``sf_runtime.c`` into ``out_dir`` (default).
+    certificates : bool
+        Also write ``NAME_predict_certified`` (float32 mean_logits models): the class with its
+        certified L2 and L0 radii, from constant tables of C*C*(R+2) floats (R = 200 or n_in).
 
     Returns a :class:`CExport` (the paths written and the :class:`Footprint`).
     Networks with MaxMin activations are refused (ValueError).
@@ -352,7 +404,7 @@ def export_c(model, out_dir, name="model", runtime=True):
 
     name = check_name(name)
     model = _check_model(model)
-    header, source = generate(model, name)
+    header, source = generate(model, name, certificates)
     out_dir = _prepare_dir(out_dir)
     h_path = os.path.join(out_dir, f"{name}.h")
     c_path = os.path.join(out_dir, f"{name}.c")
@@ -365,4 +417,4 @@ def export_c(model, out_dir, name="model", runtime=True):
             dst = os.path.join(out_dir, f)
             shutil.copyfile(os.path.join(src, f), dst)
             copied.append(dst)
-    return CExport(name, h_path, c_path, copied, footprint(model))
+    return CExport(name, h_path, c_path, copied, footprint(model, certificates))
