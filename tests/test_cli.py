@@ -86,3 +86,26 @@ def test_robustness_report(tmp_path, capsys):
     res = json.loads((out / "results.json").read_text())
     assert res[0]["n"] == 12 and res[0]["violations"] == 0
     assert set(res[0]["certified_l0"]) >= {"0", "4", "8", "12"}
+    assert "| m | mean_logits | accuracy | n/a |" in report
+
+
+def test_robustness_report_of_a_certified_model(tmp_path, capsys):
+    """A certified-trained model: the report names its training radius and time, draws the
+    trade-off plot, and re-checks every certificate against the attacks (exit 0: sound)."""
+    pytest.importorskip("matplotlib")
+    from sparsefan import datasets
+    from sparsefan.train import TrainConfig, train
+
+    x, y, _, _ = datasets.load_embedded()
+    net = builders.direct((28, 28), 10, n_units=98, fan_in=16, hidden=(8,), seed=0)
+    r = train(net, x[:2000], y[:2000].astype(np.int64),
+              TrainConfig(epochs=2, lr=1e-2, l2_epsilon=0.5), progress=False, log=lambda _: None)
+    model = tmp_path / "cert.npz"
+    io.save_model(net, model, metadata={"train_seconds": r.seconds, "config": {"l2_epsilon": 0.5}})
+    out = tmp_path / "report"
+    code, _, _ = run(["robustness", str(model), "--data", "embedded", "--n", "20",
+                      "--ddn-steps", "20", "--rs-queries", "3", "--out", str(out)], capsys)
+    assert code == 0
+    report = (out / "report.md").read_text()
+    assert "| cert | mean_logits | L2 eps 0.5 |" in report
+    assert (out / "tradeoff_l2.png").exists() and "tradeoff_l2.png" in report
