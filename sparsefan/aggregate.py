@@ -89,28 +89,32 @@ def mean_logits_loss(Z, y):
     return loss, dS / M
 
 
-def margin_loss(Z, y, offsets):
-    """Lipschitz-margin cross-entropy of mean logits: CE of S_c + offsets[y, c] (c != y).
+def margin_loss(Z, y, offsets, scale=1.0):
+    """Lipschitz-margin cross-entropy of mean logits: CE of scale * (S_c + offsets[y, c])
+    (offsets[y, y] = 0).
 
     With offsets = eps * K (K the margins' Lipschitz bounds) a zero loss needs every margin to
-    exceed eps * K[y, c]: the certificate at radius eps. Returns (loss, g, d_offsets, certified)
-    with dL/dZ[j] = g (C, B) for every unit, d_offsets (C, C) = dL/d offsets, and the number of
-    examples whose margins clear their offsets."""
+    exceed eps * K[y, c]: the certificate at radius eps. Returns (loss, g, d_offsets, d_scale,
+    certified) with dL/dZ[j] = g (C, B) for every unit, d_offsets (C, C) = dL/d offsets,
+    d_scale = dL/d scale, and the number of examples whose margins clear their offsets."""
     M, C, B = np.shape(Z)
     cols = np.arange(B)
     S = mean_logits(Z)
-    raised = S + offsets[y].T  # offsets[y, y] = 0: the true logit is not raised
+    shifted = S + offsets[y].T  # offsets[y, y] = 0: the true logit is not raised
+    raised = scale * shifted
     logp = log_softmax(raised, axis=0)
     loss = -logp[y, cols].mean()
-    dS = np.exp(logp)
-    dS[y, cols] -= 1.0
-    dS /= B
+    dR = np.exp(logp)  # dL / d raised
+    dR[y, cols] -= 1.0
+    dR /= B
+    d_scale = float((dR * shifted).sum())
+    dS = dR * scale
     d_off = np.zeros((C, C))
     np.add.at(d_off, y, dS.T)
     d_off[np.arange(C), np.arange(C)] = 0.0
-    others = np.where(np.arange(C)[:, None] == y[None, :], -np.inf, raised)
+    others = np.where(np.arange(C)[:, None] == y[None, :], -np.inf, shifted)
     certified = int((S[y, cols] > others.max(axis=0)).sum())
-    return loss, dS / M, d_off, certified
+    return loss, dS / M, d_off, d_scale, certified
 
 
 def aggregate_loss(Z, y, aggregate):

@@ -48,6 +48,7 @@ class StepResult:
     correct: int
     grads: list  # per layer: (grad_weight, grad_bias)
     d_offsets: np.ndarray | None = None  # (C, C) dLoss/d offsets, with margin offsets
+    d_scale: float | None = None  # dLoss/d the logit scale, with margin offsets
     certified: int | None = None  # examples whose margins clear the offsets
 
 
@@ -276,13 +277,14 @@ class Network:
     # -- training ------------------------------------------------------------------------------
 
     def loss_and_grad(self, x, y, aggregate_weight=1.0, unit_weight=0.0, n_threads=None,
-                      grads=None, offsets=None):
+                      grads=None, offsets=None, scale=1.0):
         """Loss = aggregate_weight * CE(aggregate) + unit_weight * mean per-unit CE, and the
         gradient of every layer's weight and bias (accumulated into ``grads`` if given).
 
         x (batch, n_in) float32, y (batch,) int labels in [0, n_classes). ``offsets`` (C, C),
         mean_logits only: the aggregate loss becomes the Lipschitz-margin cross-entropy
-        (:func:`sparsefan.aggregate.margin_loss`); the result carries dLoss/d offsets.
+        (:func:`sparsefan.aggregate.margin_loss`, logits times ``scale``); the result carries
+        dLoss/d offsets and dLoss/d scale.
         """
         x = self._check_x(x, check_finite=False)
         y = np.asarray(y)
@@ -295,14 +297,15 @@ class Network:
         Z = acts[-1]
         loss_a = loss_u = 0.0
         dZ = None  # float64, scaled and summed in place: one Z-sized float64 array at a time
-        d_off = certified = None
+        d_off = d_scale = certified = None
         if offsets is not None:
             if self.aggregate != "mean_logits" or unit_weight or not aggregate_weight:
                 raise ValueError("margin offsets need a mean_logits network and the aggregate "
                                  "loss alone")
-            loss_a, g, d_off, certified = agg.margin_loss(Z, y, offsets)
+            loss_a, g, d_off, d_scale, certified = agg.margin_loss(Z, y, offsets, scale)
             g *= aggregate_weight
             d_off *= aggregate_weight
+            d_scale *= aggregate_weight
             dy = np.empty(Z.shape, np.float32)
             dy[...] = g.astype(np.float32)
         elif aggregate_weight and not unit_weight and self.aggregate == "mean_logits":
@@ -338,7 +341,7 @@ class Network:
             dy = g.input
         loss = aggregate_weight * loss_a + unit_weight * loss_u
         return StepResult(float(loss), float(loss_a), float(loss_u), correct, grads, d_off,
-                          certified)
+                          d_scale, certified)
 
     def input_gradient(self, x, objective, n_threads=None):
         """Value and input gradient of ``objective`` through the C backward pass.

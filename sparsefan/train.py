@@ -39,7 +39,10 @@ class TrainConfig:
     the Lipschitz-margin cross-entropy, every non-true mean logit raised by eps * K[y, c], K the
     wiring-weighted bound of :mod:`sparsefan.lipschitz` estimated by ``power_iterations`` steps
     of power iteration per training step; eps rises linearly from 0 over the first
-    ``epsilon_ramp`` of the training steps, then stays at ``l2_epsilon``."""
+    ``epsilon_ramp`` of the training steps, then stays at ``l2_epsilon``. With
+    ``logit_temperature`` t > 0 the loss reads the logits in units of the mean bound k (the
+    mean of K over class pairs): CE(t * (S + eps K) / k), free of the logits' scale; a large t
+    makes it hinge-like (only margins short of eps count), a small one rewards every margin."""
 
     epochs: int = 10
     batch_size: int = 128
@@ -58,6 +61,7 @@ class TrainConfig:
     l2_epsilon: float = 0.0
     epsilon_ramp: float = 0.5
     power_iterations: int = 1
+    logit_temperature: float = 0.0
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -79,6 +83,8 @@ class TrainConfig:
             raise ValueError(f"l2_epsilon must be >= 0, got {self.l2_epsilon}")
         if not (0.0 <= self.epsilon_ramp <= 1.0):
             raise ValueError(f"epsilon_ramp must be a fraction in [0, 1], got {self.epsilon_ramp}")
+        if not (self.logit_temperature >= 0 and math.isfinite(self.logit_temperature)):
+            raise ValueError(f"logit_temperature must be >= 0, got {self.logit_temperature}")
         if int(self.power_iterations) < 1:
             raise ValueError(f"power_iterations must be >= 1, got {self.power_iterations}")
 
@@ -112,6 +118,26 @@ def train_epsilon(config, step, steps_per_epoch):
     if ramp <= 0:
         return config.l2_epsilon
     return config.l2_epsilon * min(1.0, (step + 1) / ramp)
+
+
+def certified_step(network, bound, x, y, eps, config, grads, warm=False):
+    """One step of certified L2 training: the Lipschitz-margin loss on the bound ``bound``
+    (a :class:`sparsefan.lipschitz.MarginBound`) at radius ``eps``, its gradient through the
+    logits (the C backward pass) and through the bound (NumPy) accumulated into ``grads``."""
+    K = bound.value(warm=warm)
+    scale, kappa = 1.0, None
+    if config.logit_temperature:  # logits in units of the mean bound
+        kappa = K[~np.eye(len(K), dtype=bool)].mean()
+        scale = config.logit_temperature / kappa
+    aw, _ = config.loss_weights(network.aggregate)
+    r = network.loss_and_grad(x, y, aw, 0.0, config.n_threads, grads, offsets=eps * K,
+                              scale=scale)
+    dK = eps * r.d_offsets
+    if kappa is not None:  # through scale = t / mean(K)
+        off = ~np.eye(len(K), dtype=bool)
+        dK[off] -= r.d_scale * scale / kappa / off.sum()
+    bound.backward(dK, grads)
+    return r
 
 
 def learning_rate(config, step, steps_per_epoch):
@@ -302,14 +328,12 @@ def train(network, x, y, config=None, x_val=None, y_val=None, checkpoint=None, r
                 for gw, gb in grads:
                     gw.fill(0)
                     gb.fill(0)
-                offsets = None
-                if bound is not None:
+                if bound is None:
+                    r = network.loss_and_grad(x[idx], y[idx], aw, uw, config.n_threads, grads)
+                else:
                     eps = train_epsilon(config, opt.t, steps_per_epoch)
-                    offsets = eps * bound.value(warm=opt.t == 0)
-                r = network.loss_and_grad(x[idx], y[idx], aw, uw, config.n_threads, grads,
-                                          offsets=offsets)
-                if bound is not None:
-                    bound.backward(eps * r.d_offsets, grads)
+                    r = certified_step(network, bound, x[idx], y[idx], eps, config, grads,
+                                       warm=opt.t == 0)
                     certified += r.certified
                 if not math.isfinite(r.loss):
                     raise TrainingError(

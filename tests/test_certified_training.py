@@ -339,3 +339,74 @@ def test_float32_training_bound_agrees_with_float64(name):
     np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-5)
     for (g32, _), (g64, _) in zip(out[0][1], out[1][1]):
         np.testing.assert_allclose(g32, g64, rtol=1e-3, atol=1e-4 * np.abs(g64).max())
+
+
+def test_margin_loss_gradients_against_finite_differences():
+    from sparsefan import aggregate as agg
+
+    rng = np.random.default_rng(8)
+    M, C, B = 3, 4, 6
+    Z = rng.standard_normal((M, C, B))
+    y = rng.integers(0, C, B)
+    off = rng.random((C, C))
+    np.fill_diagonal(off, 0)
+    for scale in (1.0, 2.5):
+        loss, g, d_off, d_scale, _ = agg.margin_loss(Z, y, off, scale)
+        h = 1e-6
+        for arr, grad in ((Z, np.broadcast_to(g, Z.shape)), (off, d_off)):
+            for idx in [tuple(int(rng.integers(0, s)) for s in arr.shape) for _ in range(8)]:
+                if arr is off and idx[0] == idx[1]:
+                    continue
+                old = arr[idx]
+                arr[idx] = old + h
+                up = agg.margin_loss(Z, y, off, scale)[0]
+                arr[idx] = old - h
+                down = agg.margin_loss(Z, y, off, scale)[0]
+                arr[idx] = old
+                assert abs((up - down) / (2 * h) - grad[idx]) < 1e-6
+        num = (agg.margin_loss(Z, y, off, scale + h)[0]
+               - agg.margin_loss(Z, y, off, scale - h)[0]) / (2 * h)
+        assert abs(num - d_scale) < 1e-6
+
+
+def test_logit_temperature_trains_and_certifies():
+    net, r = trained(0.5, logit_temperature=4.0)
+    x, y = tiny_task(300, 4)
+    radius = certify.l2_radius(net, x, y)
+    assert (radius >= 0.5).mean() > 0.5
+    with pytest.raises(ValueError, match="logit_temperature"):
+        TrainConfig(logit_temperature=-1.0)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 3.0])
+def test_certified_step_gradient_against_finite_differences(temperature):
+    """The whole certified-training objective (logits and bound, through the temperature's
+    mean bound) against central differences of its loss in every layer."""
+    from sparsefan.train import certified_step
+
+    net = builders.direct(SHAPE, 3, n_units=6, fan_in=4, hidden=(4,), seed=3)
+    x, y = tiny_task(16, 9)
+    cfg = TrainConfig(l2_epsilon=0.7, logit_temperature=temperature)
+    rng = np.random.default_rng(10)
+
+    def step(grads=None):
+        mb = lipschitz.MarginBound(net, iterations=300, temperature=1e-9, dtype=np.float64)
+        grads = grads if grads is not None else [
+            (np.zeros(l.weight_shape, np.float32), np.zeros(l.bias_shape, np.float32))
+            for l in net.layers]
+        return certified_step(net, mb, x, y, 0.7, cfg, grads), grads
+
+    _, grads = step()
+    for i, layer in enumerate(net.layers):
+        w0 = layer.weight.astype(np.float64)
+        for _ in range(4):
+            p = tuple(int(rng.integers(0, s)) for s in layer.weight_shape)
+            vals = []
+            for h in (1e-3, -1e-3):
+                w = w0.copy()
+                w[p] += h
+                layer.weight = w.astype(np.float32)
+                vals.append(step()[0].loss)
+            layer.weight = w0.astype(np.float32)
+            fd = (vals[0] - vals[1]) / 2e-3
+            assert abs(fd - grads[i][0][p]) <= 2e-3 * (abs(fd) + 1e-2), (i, p, fd, grads[i][0][p])
