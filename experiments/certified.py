@@ -52,6 +52,8 @@ def main():
     p.add_argument("--epochs", type=int, default=None, help="override the design's epochs")
     p.add_argument("--eps", type=float, default=None, help="override the training radius")
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--temperature", type=float, default=None,
+                   help="override the logit temperature (TrainConfig.logit_temperature)")
     p.add_argument("--tag", default="", help="suffix for the model file and the results line")
     p.add_argument("--models", default="experiments/models")
     p.add_argument("--results", default="experiments/certified.jsonl")
@@ -67,6 +69,8 @@ def main():
                 cfg[key] = getattr(args, key)
         if args.eps is not None:
             cfg["l2_epsilon"] = args.eps
+        if args.temperature is not None:
+            cfg["logit_temperature"] = args.temperature
         config = TrainConfig(**cfg)
         net = build((28, 28), 10, seed=0, **arch)
         t0 = time.perf_counter()

@@ -40,15 +40,23 @@ def _fields_csr(network):
     return fields.to_scipy(np.ones(fields.nnz))
 
 
+def _top_sums(costs, r_max):
+    """(r_max, ...) sums of the r = 1..r_max largest costs along axis 0."""
+    return np.cumsum(-np.sort(-costs, axis=0)[:r_max], axis=0)
+
+
 def _radius_from_costs(margins, costs, y, n_classes, max_radius):
     """Largest r with margin_c - (sum of the r largest costs_c) > 0 for all c != y (>= 0 is
     enough when y < c, as ties go to the lower class). margins (C, B), costs (N, C, B)."""
     N, C, B = costs.shape
-    r_max = min(N, max_radius)
+    return _radius_from_cum(margins, _top_sums(costs, min(N, max_radius)), y)
+
+
+def _radius_from_cum(margins, cum, y):
+    """Largest r with margin_c - cum[r - 1, c] > 0 for all c != y (>= 0 when y < c); cum
+    (r_max, C, B) nondecreasing in r: the most r changed pixels can move each margin."""
+    r_max, C, B = cum.shape
     radius = np.full(B, r_max, dtype=np.int64)
-    top = -np.sort(-costs, axis=0)[:r_max]  # (r_max, C, B), largest first
-    cum = np.cumsum(top, axis=0)
-    cols = np.arange(B)
     for c in range(C):
         m = margins[c]  # (B,) margin of y over c
         slack = m[None, :] - cum[:, c, :]  # after r = 1..r_max changes
@@ -97,6 +105,10 @@ def l0_radius(network, x, y, max_radius=200, method=None, n_threads=None, refine
         room = (np.maximum(x, 1 - x).T.astype(np.float64) if room == "input"
                 else np.ones((x.shape[1], B)))  # (N, B)
         costs = G[y].transpose(2, 1, 0) * room[:, None, :]  # (N, C, B)
+        r_max = min(x.shape[1], max_radius)
+        cum = np.minimum(_top_sums(costs, r_max), _chain_cum(network, y, room ** 2, r_max))
+        radius = _radius_from_cum(margins, cum, y)
+        return np.where(_wins(margins, y), radius, -1)
     else:
         if method == "vote":
             if network.aggregate != "vote":
@@ -256,6 +268,23 @@ def lipschitz_margin_bounds(network):
     return lipschitz.margin_bounds(network)
 
 
+def _chain_cum(network, y, room2, r_max):
+    """(r_max, C, B): the chain bound's cap on how far r changed pixels move S_y - S_c,
+    sqrt(T_yc * (sum of the r largest v_i,yc * room_i^2)) (sparsefan.lipschitz.input_weights):
+    sublinear in r, where the influence bound adds up per pixel. room2 (N, B)."""
+    T, v, pairs = lipschitz.input_weights(network)
+    C = network.n_classes
+    pair_of = np.zeros((C, C), dtype=np.int64)
+    for p, (a, b) in enumerate(pairs):
+        pair_of[a, b] = pair_of[b, a] = p
+    idx = pair_of[y]  # (B, C): the pair of (y_b, c)
+    w = v[:, idx] * room2[:, :, None]  # (N, B, C)
+    cum = np.sqrt(T[idx][None] * _top_sums(w, r_max))  # (r_max, B, C)
+    cum = cum.transpose(0, 2, 1).copy()
+    cum[:, y, np.arange(len(y))] = 0.0  # c = y: no margin to lose
+    return cum
+
+
 def certificate_tables(network, max_radius=200):
     """The constants of ``Network.predict_certified``, per weight state: K (C, C) from
     :func:`lipschitz_margin_bounds` and cum (C, C, R + 1), cum[y, c, r] the sum of the r
@@ -263,10 +292,13 @@ def certificate_tables(network, max_radius=200):
     def compute(net):
         K = lipschitz_margin_bounds(net)
         G = influence_bounds(net)
-        R = min(net.n_in, int(max_radius))
-        top = -np.sort(-G, axis=2)[:, :, :R]
-        cum = np.zeros(G.shape[:2] + (R + 1,))
-        np.cumsum(top, axis=2, out=cum[:, :, 1:])
+        C, N = net.n_classes, net.n_in
+        R = min(N, int(max_radius))
+        cum = np.zeros((C, C, R + 1))
+        for y in range(C):  # room 1 for every pixel: the box of inputs in [0, 1]
+            yy = np.full(1, y)
+            infl = _top_sums(G[y].T[:, :, None], R)  # (R, C, 1)
+            cum[y, :, 1:] = np.minimum(infl, _chain_cum(net, yy, np.ones((N, 1)), R))[:, :, 0].T
         return np.ascontiguousarray(K), cum
     return network.derived(f"certificate_tables/{int(max_radius)}", compute)
 

@@ -154,6 +154,29 @@ def _to_matrix(Kp, C):
     return K
 
 
+def input_weights(network):
+    """(T (P,), v (n_in, P), pairs): the chain bound's parts for class pairs p = (y < c), exact
+    spectral norms: |d(S_y - S_c)| <= sqrt(T_p * sum_i v_ip dx_i^2) for any change dx. With r
+    changed pixels each moving at most 1 this is at most sqrt(T_p * (the r largest v_ip)): an
+    L0 certificate sublinear in r (sparsefan.certify.l0_radius). Cached per weight state."""
+    if network.aggregate != "mean_logits":
+        raise ValueError("the chain bound is implemented for mean_logits networks")
+    return network.derived("l2_input_weights", lambda net: _exact_chain(net)[1:])
+
+
+def _exact_chain(network):
+    wiring = _Wiring(network)
+    C, M = network.n_classes, network.n_units
+    layers = network.layers
+    s = [_spectral_exact(wiring.blocks(i, l, l.weight.astype(np.float64)), l.n_out)
+         for i, l in enumerate(layers[:-1])]
+    pairs, E = _pairs(C)
+    n, _ = _head_norms(wiring.blocks(len(layers) - 1, layers[-1],
+                                     layers[-1].weight.astype(np.float64)), M, E, M)
+    chain, inter = _chain(wiring, s, n)
+    return (wiring, s, n, chain), inter["T"] * SAFETY, inter["vs"][0] * SAFETY, pairs
+
+
 def margin_bounds(network):
     """K (C, C) float64: K[y, c] is a sound upper bound on the L2 Lipschitz constant of the
     mean-logit margin S_y - S_c (0 on the diagonal). Exact spectral norms; the minimum of the
@@ -164,16 +187,9 @@ def margin_bounds(network):
 
 
 def _margin_bounds(network):
-    wiring = _Wiring(network)
-    C, M = network.n_classes, network.n_units
-    layers = network.layers
-    s = [_spectral_exact(wiring.blocks(i, l, l.weight.astype(np.float64)), l.n_out)
-         for i, l in enumerate(layers[:-1])]
-    _, E = _pairs(C)
-    n, _ = _head_norms(wiring.blocks(len(layers) - 1, layers[-1], layers[-1].weight.astype(np.float64)), M, E, M)
-    chain, _ = _chain(wiring, s, n)
+    (wiring, s, n, chain), _, _, _ = _exact_chain(network)
     K = np.minimum(chain, _product_bound(network, wiring, s, n)) * SAFETY
-    return _to_matrix(K, C)
+    return _to_matrix(K, network.n_classes)
 
 
 class MarginBound:
