@@ -1,6 +1,7 @@
 """Certified L2 training on full MNIST: train named designs, certify the 10,000 test images.
 
     python experiments/certified.py --data-dir DIR --only direct49 [--threads 2]
+    python experiments/certified.py --table docs/robustness/certified.md   # the results table
 
 Each design is a builder call and a TrainConfig; the trained model goes to
 experiments/models/cert_<name>.npz (its metadata holds the settings, training time and test
@@ -46,8 +47,10 @@ DESIGNS = {
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--only", required=True, help="comma-separated subset of " + ",".join(DESIGNS))
+    p.add_argument("--data-dir")
+    p.add_argument("--only", help="comma-separated subset of " + ",".join(DESIGNS))
+    p.add_argument("--table", default=None,
+                   help="write the Markdown table of the results file to this path and stop")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None, help="override the design's epochs")
     p.add_argument("--eps", type=float, default=None, help="override the training radius")
@@ -58,6 +61,10 @@ def main():
     p.add_argument("--models", default="experiments/models")
     p.add_argument("--results", default="experiments/certified.jsonl")
     args = p.parse_args()
+    if args.table:
+        return write_table(args.results, args.table)
+    if not (args.data_dir and args.only):
+        p.error("--data-dir and --only are required to train")
     os.makedirs(args.models, exist_ok=True)
     x, y, xt, yt = datasets.load_mnist(args.data_dir)
     x, xt = as_float_inputs(x), as_float_inputs(xt)
@@ -96,6 +103,31 @@ def main():
                       metadata={k: v for k, v in row.items() if k != "history"})
         with open(args.results, "a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+def write_table(results, out):
+    """One row per run of the results file (the last run of each design name wins)."""
+    rows = {}
+    with open(results) as f:
+        for line in f:
+            r = json.loads(line)
+            rows[r["design"]] = r
+    lines = ["| design | network | epochs | eps train | temperature | clean | certified L2 "
+             "@0.5 / 1.0 / 1.58 / 2.0 | median radius | train time |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        c, cfg = r["certified"], r["config"]
+        lines.append(
+            f"| {name} | {r['network']} | {cfg['epochs']} | {cfg['l2_epsilon']:g} | "
+            f"{cfg.get('logit_temperature', 0) or '-'} | {100 * r['clean']:.1f}% | "
+            f"{100 * c['0.5']:.1f} / {100 * c['1.0']:.1f} / **{100 * c['1.58']:.1f}** / "
+            f"{100 * c['2.0']:.1f}% | {r['median_radius']:.2f} | "
+            f"{r['train_seconds'] / 60:.1f} min |")
+    text = "\n".join(lines) + "\n"
+    with open(out, "w") as f:
+        f.write(text)
+    print(text)
+    return 0
 
 
 if __name__ == "__main__":

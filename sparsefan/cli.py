@@ -166,9 +166,14 @@ def cmd_robustness(args):
                                   rs_queries=args.rs_queries, n_threads=args.threads)
         r["label"] = os.path.splitext(os.path.basename(path))[0]
         results.append(r)
+    new = list(results)
+    for path in args.include or ():
+        for r in report.load_results(path):
+            r["label"] = f"{r['label']} (earlier)"
+            results.append(r)
     text = report.write_report(results, args.out, "sparsefan " + " ".join(sys.argv[1:]))
     print(text)
-    return 0 if all(r["violations"] == 0 for r in results) else 1
+    return 0 if all(r["violations"] == 0 for r in new) else 1
 
 
 def _calibration_inputs(spec, network, data_dir=None):
@@ -325,6 +330,8 @@ def make_parser():
     p.add_argument("--ddn-steps", type=int, default=100)
     p.add_argument("--rs-queries", type=int, default=100)
     p.add_argument("--out", required=True, help="output directory for report.md and plots")
+    p.add_argument("--include", action="append", default=None, metavar="RESULTS_JSON",
+                   help="also show the models of an earlier report's results.json (repeatable)")
     p.set_defaults(func=cmd_robustness)
 
     p = sub.add_parser("demo", help="train a fan-in network on the embedded MNIST subset",

@@ -92,6 +92,24 @@ def evaluate_model(net, x, y, rs_budgets=(5, 10, 20), rs_queries=100, ddn_steps=
     return out
 
 
+_CURVES = ("robust_l0", "robust_l2", "certified_l0", "certified_l2", "robust_linf")
+
+
+def load_results(path):
+    """The models of an earlier report's results.json, its curves keyed by numbers again (JSON
+    keeps them as strings), to show beside new ones."""
+    with open(path) as f:
+        results = json.load(f)
+    if not isinstance(results, list):
+        raise ValueError(f"{path}: not a list of model results")
+    for r in results:
+        for key in _CURVES:
+            if isinstance(r.get(key), dict):
+                r[key] = {(int(k) if key.endswith("l0") else float(k)): v
+                          for k, v in r[key].items()}
+    return results
+
+
 def _fmt(v, pct=True):
     return "n/a" if v is None else (f"{100 * v:.1f}%" if pct else f"{v:g}")
 

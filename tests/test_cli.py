@@ -109,3 +109,8 @@ def test_robustness_report_of_a_certified_model(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "| cert | mean_logits | L2 eps 0.5 |" in report
     assert (out / "tradeoff_l2.png").exists() and "tradeoff_l2.png" in report
+    again = tmp_path / "again"
+    code, _, _ = run(["robustness", str(model), "--data", "embedded", "--n", "5",
+                      "--ddn-steps", "5", "--rs-queries", "2", "--out", str(again),
+                      "--include", str(out / "results.json")], capsys)
+    assert code == 0 and "| cert (earlier) | mean_logits |" in (again / "report.md").read_text()
