@@ -40,6 +40,10 @@ DESIGNS = {
                          dict(CERT, epochs=6)),
     "direct49_maxmin": (builders.direct, dict(n_units=1568, fan_in=49, hidden=(16,),
                                               activation="maxmin"), dict(CERT, epochs=6)),
+    "dense_mlp512_maxmin": (builders.dense_mlp, dict(hidden=(512, 512), activation="maxmin"),
+                            dict(CERT, epochs=30)),
+    "dense_mlp3_maxmin": (builders.dense_mlp, dict(hidden=(256, 256, 256), activation="maxmin"),
+                          dict(CERT, epochs=30)),
     "hierarchy2_maxmin": (builders.hierarchy, dict(levels=2, channels=(8, 16),
                                                    activation="maxmin"), dict(CERT, epochs=6)),
 }

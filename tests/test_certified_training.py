@@ -410,3 +410,31 @@ def test_certified_step_gradient_against_finite_differences(temperature):
             layer.weight = w0.astype(np.float32)
             fd = (vals[0] - vals[1]) / 2e-3
             assert abs(fd - grads[i][0][p]) <= 2e-3 * (abs(fd) + 1e-2), (i, p, fd, grads[i][0][p])
+
+
+def test_attacks_never_beat_certificates_of_a_certified_mnist_model():
+    """A certified-trained MaxMin fan-in network on MNIST images: every L2 attack at the
+    certified radius fails, and no L0 attack beats the L0 certificate."""
+    from sparsefan import datasets
+    from sparsefan.train import as_float_inputs
+
+    x, y, xt, yt = datasets.load_embedded()
+    net = builders.direct((28, 28), 10, n_units=392, fan_in=28, hidden=(8,),
+                          activation="maxmin", seed=0)
+    train(net, x[:3000], y[:3000].astype(np.int64),
+          TrainConfig(epochs=3, lr=3e-3, l2_epsilon=1.0), progress=False, log=quiet)
+    xt, yt = as_float_inputs(xt[:200]), yt[:200].astype(np.int64)
+    out = net.predict_certified(xt)
+    r2 = certify.l2_radius(net, xt, yt)
+    ok = np.flatnonzero(r2 > 0.2)
+    assert ok.size >= 20
+    assert np.allclose(out.l2_radius[ok], r2[ok])
+    found = attacks.ddn(net, xt[ok], yt[ok], steps=100).size
+    assert (found >= r2[ok] * (1 - 1e-4)).all()
+    for b in ok[:10]:
+        r = attacks.pgd(net, xt[b:b + 1], yt[b:b + 1], eps=float(r2[b]) * 0.999, steps=40)
+        assert not r.success.any()
+    r0 = certify.l0_radius(net, xt, yt)
+    assert (r0 >= 1).sum() >= 10
+    g = attacks.greedy_l0(net, xt, yt, 40).size
+    assert not ((g <= r0) & (r0 >= 0)).any()
