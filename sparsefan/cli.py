@@ -141,6 +141,12 @@ def cmd_demo(args):
     tb = median_seconds(lambda: net.predict(xt, args.threads), 5)
     print(f"inference: single example {t1 * 1e3:.2f} ms (median of 51); batch of {len(xt)}: "
           f"{tb * 1e3:.0f} ms = {len(xt) / tb:,.0f} examples/s")
+    cert = net.predict_certified(xt, args.threads)
+    tc = median_seconds(lambda: net.predict_certified(one, args.threads), 51)
+    print(f"with a certificate (predict_certified): single example {tc * 1e3:.2f} ms; median "
+          f"certified radius L2 {np.median(cert.l2_radius):.3f}, L0 "
+          f"{np.median(cert.l0_radius):g} pixels (trained for accuracy; `sparsefan train "
+          f"--l2-epsilon 1.58` trains for the certificate)")
     if args.out:
         from sparsefan import io
 

@@ -69,6 +69,7 @@ def test_demo_runs_briefly(capsys):
     code, text, _ = run(["demo", "--epochs", "1", "--quiet"], capsys)
     assert code == 0
     assert "test accuracy" in text and "single example" in text and "receptive field" in text
+    assert "with a certificate (predict_certified)" in text
 
 
 def test_robustness_report(tmp_path, capsys):
