@@ -174,9 +174,7 @@ def cmd_robustness(args):
         results.append(r)
     new = list(results)
     for path in args.include or ():
-        for r in report.load_results(path):
-            r["label"] = f"{r['label']} (earlier)"
-            results.append(r)
+        results.extend(report.load_results(path))
     text = report.write_report(results, args.out, "sparsefan " + " ".join(sys.argv[1:]))
     print(text)
     return 0 if all(r["violations"] == 0 for r in new) else 1

@@ -114,4 +114,4 @@ def test_robustness_report_of_a_certified_model(tmp_path, capsys):
     code, _, _ = run(["robustness", str(model), "--data", "embedded", "--n", "5",
                       "--ddn-steps", "5", "--rs-queries", "2", "--out", str(again),
                       "--include", str(out / "results.json")], capsys)
-    assert code == 0 and "| cert (earlier) | mean_logits |" in (again / "report.md").read_text()
+    assert code == 0 and (again / "report.md").read_text().count("| cert | mean_logits |") == 2
