@@ -9,13 +9,16 @@ hierarchy3, dense_mlp; random weights: the time does not depend on the values). 
 one-off cost is printed beside. Medians of alternating runs; the ratio is the overhead.
 """
 import argparse
+import os
+import sys
 import time
 
 import numpy as np
 
-from sparsefan import certify
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from network_latency import load  # noqa: E402
 
-from network_latency import load  # noqa: E402  (bench/ is the working directory's sibling)
+from sparsefan import certify  # noqa: E402
 
 
 def median_pair(a, b, repeats):

@@ -6,7 +6,9 @@
 The architectures of experiments/mnist_results.py with random weights (the time does not
 depend on them), at the trainer's default batch of 128. Prints the median time of
 ``Network.loss_and_grad`` and the share of it spent in the forward pass (``forward_fm``), so
-that a change to the kernels or to the glue around them can be measured in one command.
+that a change to the kernels or to the glue around them can be measured in one command. The
+last column is a step of certified L2 training (``sparsefan.train.certified_step``: the same
+plus the Lipschitz bound, its power iteration and its gradient), same run.
 """
 import argparse
 import os
@@ -19,6 +21,8 @@ from network_latency import ARCHITECTURES  # noqa: E402
 
 import sparsefan as sf  # noqa: E402
 from sparsefan._timing import median_seconds as median_time  # noqa: E402
+from sparsefan.lipschitz import MarginBound  # noqa: E402
+from sparsefan.train import TrainConfig, certified_step  # noqa: E402
 
 
 def main():
@@ -31,7 +35,8 @@ def main():
     x = rng.random((args.batch, 784), dtype=np.float32)
     y = rng.integers(0, 10, args.batch)
     print(f"batch {args.batch}, threads {args.threads}, medians of {args.repeats}")
-    print(f"{'model':12s} {'step ms':>8s} {'forward ms':>11s} {'GFLOP/s':>8s}")
+    print(f"{'model':12s} {'step ms':>8s} {'forward ms':>11s} {'GFLOP/s':>8s} "
+          f"{'certified step ms':>18s}")
     for name, build in ARCHITECTURES.items():
         net = build()
         grads = [(np.zeros(l.weight_shape, np.float32), np.zeros(l.bias_shape, np.float32))
@@ -41,7 +46,12 @@ def main():
         xt = sf.to_feature_major(x)
         fwd = median_time(lambda: net.forward_fm(xt, args.threads, keep=True), args.repeats)
         flops = 3 * net.flops(args.batch)  # forward + input and weight gradients
-        print(f"{name:12s} {step * 1e3:8.1f} {fwd * 1e3:11.1f} {flops / step / 1e9:8.1f}")
+        cfg = TrainConfig(l2_epsilon=1.58, n_threads=args.threads)
+        bound = MarginBound(net)
+        cert = median_time(lambda: certified_step(net, bound, x, y, 1.58, cfg, grads),
+                           args.repeats)
+        print(f"{name:12s} {step * 1e3:8.1f} {fwd * 1e3:11.1f} {flops / step / 1e9:8.1f} "
+              f"{cert * 1e3:12.1f} ({cert / step:.2f}x)")
 
 
 if __name__ == "__main__":
