@@ -74,9 +74,17 @@ def _margin_grad(S, y, target):
 
 
 def _ce_grad(S, y, target):
-    """Loss to *minimize*: -CE(S, y) (untargeted) or CE(S, t) (targeted); and dLoss/dS."""
+    """Loss to *minimize*: -CE(S, y) (untargeted) or CE(S, t) (targeted); and dLoss/dS.
+
+    The scores are first divided, per example, by max(1, top-2 margin / 10): a model whose
+    logits are huge (certified training leaves their scale free) would otherwise saturate the
+    softmax to exactly 0 gradient and mask itself from every gradient attack. Scores with
+    margins up to 10 are unchanged; beyond, the gradient's direction is the CE's at a higher
+    temperature (the attacks use directions, not lengths)."""
     B = S.shape[1]
     cols = np.arange(B)
+    top2 = np.sort(S, axis=0)[-2:] if S.shape[0] > 1 else np.zeros((2, B))
+    S = S / np.maximum(1.0, (top2[1] - top2[0]) / 10.0)[None, :]
     logp = agg.log_softmax(S, axis=0)
     p = np.exp(logp)
     lab = y if target is None else target

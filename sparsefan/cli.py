@@ -159,12 +159,15 @@ def cmd_robustness(args):
     from sparsefan import io, report
     from sparsefan.train import as_float_inputs
 
-    _, _, x_test, y_test = _load(args)
-    rng = np.random.default_rng(args.seed)
-    pick = np.sort(rng.choice(len(x_test), min(args.n, len(x_test)), replace=False))
-    x = as_float_inputs(x_test[pick])
-    y = y_test[pick].astype(np.int64)
+    if not args.models and not args.include:
+        raise ValueError("give model files, or earlier results with --include")
     results = []
+    if args.models:
+        _, _, x_test, y_test = _load(args)
+        rng = np.random.default_rng(args.seed)
+        pick = np.sort(rng.choice(len(x_test), min(args.n, len(x_test)), replace=False))
+        x = as_float_inputs(x_test[pick])
+        y = y_test[pick].astype(np.int64)
     for path in args.models:
         net = io.load_model(path)
         print(f"{path}: {net.name}")
@@ -327,7 +330,7 @@ def make_parser():
     p = sub.add_parser("robustness", help="attacks and certificates for model files",
                        description="Run every attack and certificate on each model and write "
                                    "a Markdown report with PNG plots.")
-    p.add_argument("models", nargs="+", help="model files")
+    p.add_argument("models", nargs="*", help="model files (none: only --include)")
     _add_data_args(p)
     p.add_argument("--n", type=int, default=500, help="test images (seeded sample)")
     p.add_argument("--seed", type=int, default=0)
@@ -389,7 +392,7 @@ def main(argv=None):
         print(f"sparsefan {args.command}: error: {e}", file=sys.stderr)
         return 2
     except (ValueError, TypeError, OSError, ImportError, RuntimeError) as e:
-        if args.command != "export":
+        if args.command not in ("export", "robustness"):
             raise
         print(f"sparsefan {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -115,3 +115,9 @@ def test_robustness_report_of_a_certified_model(tmp_path, capsys):
                       "--ddn-steps", "5", "--rs-queries", "2", "--out", str(again),
                       "--include", str(out / "results.json")], capsys)
     assert code == 0 and (again / "report.md").read_text().count("| cert | mean_logits |") == 2
+    merged = tmp_path / "merged"
+    code, _, _ = run(["robustness", "--include", str(out / "results.json"), "--include",
+                      str(again / "results.json"), "--out", str(merged)], capsys)
+    assert code == 0 and (merged / "report.md").read_text().count("| cert | mean_logits |") == 3
+    code, _, err = run(["robustness", "--out", str(merged)], capsys)
+    assert code == 2 and "give model files" in err
