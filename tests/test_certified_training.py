@@ -49,6 +49,24 @@ NETS = {
 }
 
 
+def check_weight_gradients(net, value, grads, rng, n, tol):
+    """grads[i][0] against central differences of value() at n random weights of every layer
+    (relative tolerance tol, absolute 0.01 * tol)."""
+    for i, layer in enumerate(net.layers):
+        w0 = layer.weight.astype(np.float64)
+        for _ in range(n):
+            p = tuple(int(rng.integers(0, s)) for s in layer.weight_shape)
+            vals = []
+            for h in (1e-3, -1e-3):
+                w = w0.copy()
+                w[p] += h
+                layer.weight = w.astype(np.float32)
+                vals.append(value())
+            layer.weight = w0.astype(np.float32)
+            fd = (vals[0] - vals[1]) / 2e-3
+            assert abs(fd - grads[i][0][p]) <= tol * (abs(fd) + 1e-2), (i, p, fd, grads[i][0][p])
+
+
 def bound_value(net, dK, iterations=300):
     mb = lipschitz.MarginBound(net, iterations=iterations, temperature=1e-9, dtype=np.float64)
     return float((mb.value() * dK).sum()), mb
@@ -66,20 +84,7 @@ def test_bound_gradient_matches_finite_differences(name):
     grads = [(np.zeros(l.weight_shape, np.float32), np.zeros(l.bias_shape, np.float32))
              for l in net.layers]
     mb.backward(dK, grads)
-    for i, layer in enumerate(net.layers):
-        w0 = layer.weight.astype(np.float64)
-        for _ in range(5):
-            p = tuple(int(rng.integers(0, s)) for s in layer.weight_shape)
-            vals = []
-            for h in (1e-3, -1e-3):
-                w = w0.copy()
-                w[p] += h
-                layer.weight = w.astype(np.float32)
-                vals.append(bound_value(net, dK)[0])
-            layer.weight = w0.astype(np.float32)
-            fd = (vals[0] - vals[1]) / 2e-3
-            assert abs(fd - grads[i][0][p]) <= 1e-3 * (abs(fd) + 1e-2), (i, p, fd,
-                                                                        grads[i][0][p])
+    check_weight_gradients(net, lambda: bound_value(net, dK)[0], grads, rng, 5, 1e-3)
 
 
 @pytest.mark.parametrize("name", sorted(NETS))
@@ -397,19 +402,7 @@ def test_certified_step_gradient_against_finite_differences(temperature):
         return certified_step(net, mb, x, y, 0.7, cfg, grads), grads
 
     _, grads = step()
-    for i, layer in enumerate(net.layers):
-        w0 = layer.weight.astype(np.float64)
-        for _ in range(4):
-            p = tuple(int(rng.integers(0, s)) for s in layer.weight_shape)
-            vals = []
-            for h in (1e-3, -1e-3):
-                w = w0.copy()
-                w[p] += h
-                layer.weight = w.astype(np.float32)
-                vals.append(step()[0].loss)
-            layer.weight = w0.astype(np.float32)
-            fd = (vals[0] - vals[1]) / 2e-3
-            assert abs(fd - grads[i][0][p]) <= 2e-3 * (abs(fd) + 1e-2), (i, p, fd, grads[i][0][p])
+    check_weight_gradients(net, lambda: step()[0].loss, grads, rng, 4, 2e-3)
 
 
 def test_attacks_never_beat_certificates_of_a_certified_mnist_model():
