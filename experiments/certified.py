@@ -44,6 +44,8 @@ DESIGNS = {
                             dict(CERT, epochs=30)),
     "dense_mlp3_maxmin": (builders.dense_mlp, dict(hidden=(256, 256, 256), activation="maxmin"),
                           dict(CERT, epochs=30)),
+    "direct196_maxmin": (builders.direct, dict(n_units=784, fan_in=196, hidden=(16,),
+                                               activation="maxmin"), dict(CERT, epochs=6)),
     "hierarchy2_maxmin": (builders.hierarchy, dict(levels=2, channels=(8, 16),
                                                    activation="maxmin"), dict(CERT, epochs=6)),
 }
