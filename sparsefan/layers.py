@@ -125,9 +125,7 @@ class FanIn:
 
     @weight.setter
     def weight(self, value):
-        self._weight = _owned(check_array(value, "weight", np.float32, shape=self.weight_shape,
-                                          finite=True))
-        self._version = next(_VERSIONS)
+        self._set_parameter("weight", value, self.weight_shape)
 
     @property
     def bias(self):
@@ -136,8 +134,12 @@ class FanIn:
 
     @bias.setter
     def bias(self, value):
-        self._bias = _owned(check_array(value, "bias", np.float32, shape=self.bias_shape,
-                                        finite=True))
+        self._set_parameter("bias", value, self.bias_shape)
+
+    def _set_parameter(self, name, value, shape):
+        """Validate, copy into an owned read-only array, advance the version."""
+        setattr(self, "_" + name, _owned(check_array(value, name, np.float32, shape=shape,
+                                                     finite=True)))
         self._version = next(_VERSIONS)
 
     @property

@@ -262,7 +262,7 @@ class MarginBound:
             s.append(sl)
             uv.append(per)
         head = layers[-1]
-        hb = wiring.blocks(L - 1, head, head.weight.astype(np.float64))
+        hb = wiring.blocks(L - 1, head, head.weight.astype(self.dtype, copy=False))
         n, diffs = _head_norms(hb, net.n_units, self.E, net.n_units)
         Kp, inter = _chain(wiring, s, n)
         self._saved = dict(s=s, uv=uv, n=n, diffs=diffs, head_blocks=hb, K=Kp, **inter)
@@ -301,27 +301,27 @@ class MarginBound:
             gs[l] += grho * others
         for l in range(L - 1):
             gw = grads[l][0]
-            for rows, B, u, v in sv["uv"][l]:
+            for group, (rows, B, u, v) in enumerate(sv["uv"][l]):
                 # d sigma / d block = u v^T (top singular pair), one float32 outer product each
                 scale = (gs[l] if rows is None else gs[l][rows]).astype(u.dtype)
                 g = (u * scale[:, None])[:, :, None] @ v[:, None, :]
-                self._add_block_grad(l, rows, g, gw)
+                self._add_block_grad(l, group, g, gw)
         # head: n_pj = ||d_pj|| / M with d = B @ E.T
         M = net.n_units
         gw = grads[L - 1][0]
-        for (rows, B), d in zip(sv["head_blocks"], sv["diffs"]):
+        for group, ((rows, B), d) in enumerate(zip(sv["head_blocks"], sv["diffs"])):
             nd = np.sqrt((d * d).sum(axis=1))  # (n_rows, P)
             gnr = gn if rows is None else gn[:, rows]
             with np.errstate(divide="ignore", invalid="ignore"):
                 coef = np.where(nd > 0, gnr.T / (M * nd), 0.0)  # (n_rows, P)
             gd = d * coef[:, None, :]
-            self._add_block_grad(L - 1, rows, gd @ self.E, gw)
+            self._add_block_grad(L - 1, group, gd @ self.E, gw)
 
-    def _add_block_grad(self, l, rows, g, gw):
-        layer = self.network.layers[l]
+    def _add_block_grad(self, l, group, g, gw):
+        """Add the gradient of a group of unit blocks (n_rows, fan_in * c_in, c_out) into the
+        layer's weight gradient gw (nnz, c_in, c_out), float32."""
+        rows, idx = self.wiring.groups[l][group]
         if rows is None:
             np.add(gw, g.reshape(gw.shape), out=gw, casting="unsafe")
         else:
-            conn = layer.connectivity
-            idx = (conn.indptr[rows][:, None] + np.arange(g.shape[1] // layer.c_in)[None, :])
-            gw[idx.reshape(-1)] += g.reshape(-1, layer.c_in, layer.c_out).astype(np.float32)
+            gw[idx.reshape(-1)] += g.reshape(-1, *gw.shape[1:]).astype(np.float32)

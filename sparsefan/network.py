@@ -297,20 +297,18 @@ class Network:
         Z = acts[-1]
         loss_a = loss_u = 0.0
         dZ = None  # float64, scaled and summed in place: one Z-sized float64 array at a time
-        d_off = d_scale = certified = None
+        d_off = d_scale = certified = g = None
         if offsets is not None:
             if self.aggregate != "mean_logits" or unit_weight or not aggregate_weight:
                 raise ValueError("margin offsets need a mean_logits network and the aggregate "
                                  "loss alone")
             loss_a, g, d_off, d_scale, certified = agg.margin_loss(Z, y, offsets, scale)
-            g *= aggregate_weight
             d_off *= aggregate_weight
             d_scale *= aggregate_weight
-            dy = np.empty(Z.shape, np.float32)
-            dy[...] = g.astype(np.float32)
         elif aggregate_weight and not unit_weight and self.aggregate == "mean_logits":
-            # every unit gets the same gradient: cast it once and broadcast it into float32
             loss_a, g = agg.mean_logits_loss(Z, y)
+        if g is not None:
+            # every unit gets the same gradient: cast it once and broadcast it into float32
             g *= aggregate_weight
             dy = np.empty(Z.shape, np.float32)
             dy[...] = g.astype(np.float32)

@@ -161,21 +161,19 @@ class Optimizer:
 
     def __init__(self, network, config):
         self.config = config
-        self.params = []
-        for layer in network.layers:
-            self.params += [(layer, "weight", True), (layer, "bias", False)]
+        self.layers = list(network.layers)
         n = 2 if config.optimizer == "adam" else 1
-        self.state = [[np.zeros_like(getattr(l, a)) for _ in range(n)] for l, a, _ in self.params]
+        # per parameter, weight then bias of each layer: its buffers
+        self.state = [[np.zeros_like(p) for _ in range(n)]
+                      for layer in self.layers for p in (layer.weight, layer.bias)]
         self.t = 0
 
     def step(self, grads, lr):
         self.t += 1
-        flat = [g for pair in grads for g in pair]
-        for i, layer in enumerate(network_layers(self.params)):
-            with layer.edit() as arrays:  # in place: the layer keeps its arrays and plan
-                for k in range(2):
-                    _, _, decay = self.params[2 * i + k]
-                    self._update(arrays[k], flat[2 * i + k], self.state[2 * i + k], lr, decay)
+        for i, (layer, (gw, gb)) in enumerate(zip(self.layers, grads)):
+            with layer.edit() as (w, b):  # in place: the layer keeps its arrays and plan
+                self._update(w, gw, self.state[2 * i], lr, decay=True)
+                self._update(b, gb, self.state[2 * i + 1], lr, decay=False)
 
     def _update(self, p, g, st, lr, decay):
         cfg = self.config
@@ -203,11 +201,6 @@ class Optimizer:
             buf *= np.float32(cfg.momentum)
             buf += g
             p -= np.float32(lr) * buf
-
-
-def network_layers(params):
-    """The layers of an Optimizer's (layer, attribute, decay) list, in order, once each."""
-    return [params[i][0] for i in range(0, len(params), 2)]
 
 
 def evaluate(network, x, y, n_threads=None, batch_size=2048):

@@ -48,7 +48,6 @@ def export_onnx(network, path):
     :mod:`sparsefan.export.onnx`. Needs ``pip install 'sparsefan[export]'``."""
     from sparsefan.export.onnx import export_onnx as _export
 
-    check_exportable(network)
     return _export(network, path)
 
 
