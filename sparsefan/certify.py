@@ -218,6 +218,7 @@ def _unit_fractions(network, x, Z, y, method):
 
 
 def _abs_layer(layer, weight, c_out=None):
+    """A linear layer over ``layer``'s wiring with the given (nonnegative) weights."""
     return FanIn(layer.connectivity, layer.c_in, c_out or layer.c_out, activation=None,
                  weight=np.ascontiguousarray(weight, dtype=np.float32),
                  bias=np.zeros((layer.n_out, c_out or layer.c_out), np.float32))
@@ -230,34 +231,140 @@ def influence_bounds(network):
     return network.derived("influence_bounds", _influence_bounds)
 
 
-def _influence_bounds(network):
+def _check_influence_activations(network):
     for layer in network.layers[:-1]:
         if layer.activation not in (None, "relu", "maxmin"):
             raise ValueError("influence bounds need ReLU, MaxMin or linear layers")
+
+
+def _head_signal(network, weight, pairs):
+    """(diff, g): diff (nnz, h, P) = |W_head[:, :, a] - W_head[:, :, b]| for pairs p = (a, b),
+    g (n_in, h, P) its sum over the head's connections that read each input, / M."""
     head = network.layers[-1]
-    C, M = network.n_classes, network.n_units
-    W = head.weight.astype(np.float64)  # (nnz, h, C)
+    diff = np.abs(weight[:, :, [a for a, _ in pairs]] - weight[:, :, [b for _, b in pairs]])
+    g = np.zeros((head.n_in, head.c_in, len(pairs)), dtype=diff.dtype)
+    np.add.at(g, head.connectivity.indices, diff / network.n_units)
+    return diff, g
+
+
+def _pair_sum(t, layer):
+    """MaxMin's bound on (units, channels, P): each output of a pair moves by at most the sum
+    of its inputs' moves (a symmetric map: the same forward and backward)."""
+    v = t.reshape(layer.n_out, -1, 2, t.shape[2])
+    return np.ascontiguousarray(np.repeat(v.sum(axis=2, keepdims=True), 2, axis=2)
+                                .reshape(t.shape))
+
+
+def _abs_backward(network, abs_layers, g):
+    """Back-propagate g (head inputs, h, P) through |W| of every layer below the head (C
+    kernels, float32): (input bound (n_in, c_in, P), [the signal at each layer's
+    pre-activation output])."""
+    dy = np.ascontiguousarray(g, dtype=np.float32)
+    signals = [None] * len(abs_layers)
+    for l in range(len(abs_layers) - 1, -1, -1):
+        layer, a = network.layers[l], abs_layers[l]
+        if layer.activation == "maxmin":
+            dy = _pair_sum(dy, layer)
+        signals[l] = dy
+        xt = np.zeros((layer.n_in, layer.c_in, dy.shape[2]), np.float32)
+        dy = a.backward_fm(xt, dy, need_param_grad=False, check_finite=False).input
+    return dy, signals
+
+
+def _influence_bounds(network):
+    _check_influence_activations(network)
+    C = network.n_classes
     pairs = [(a, b) for a in range(C) for b in range(C) if a != b]
     # one backward pass with batch = pairs: column k carries pair k
-    diff = np.abs(W[:, :, [a for a, _ in pairs]] - W[:, :, [b for _, b in pairs]])
-    P = len(pairs)
-    # head: g[i, h, k] = sum over connections p of the head that read i of diff[p, h, k] / M
-    g = np.zeros((head.n_in, head.c_in, P))
-    np.add.at(g, head.connectivity.indices, diff / M)
-    dy = np.ascontiguousarray(g, dtype=np.float32)
-    for layer in reversed(network.layers[:-1]):
-        if layer.activation == "maxmin":  # each output of a pair moves by at most |da| + |db|
-            v = dy.reshape(layer.n_out, -1, 2, P)
-            dy = np.ascontiguousarray(np.repeat(v.sum(axis=2, keepdims=True), 2, axis=2)
-                                      .reshape(layer.n_out, layer.c_out, P))
-        a = _abs_layer(layer, np.abs(layer.weight))
-        xt = np.zeros((layer.n_in, layer.c_in, P), np.float32)
-        dy = a.backward_fm(xt, dy, need_param_grad=False, check_finite=False).input
+    _, g = _head_signal(network, network.layers[-1].weight.astype(np.float64), pairs)
+    abs_layers = [_abs_layer(l, np.abs(l.weight)) for l in network.layers[:-1]]
+    dy, _ = _abs_backward(network, abs_layers, g)
     G = np.zeros((C, C, network.n_in))
     for k, (a, b) in enumerate(pairs):
         G[a, b] = dy[:, 0, k]
     G *= 1.0 + 1e-5  # the float32 backward may round down; keep the bound an upper bound
     return G
+
+
+class L0Bound:
+    """The training side of the certified L0 bound at ``radius`` r changed pixels (each free
+    in [0, 1], the "box" room of :func:`l0_radius`): per class pair, the smaller of the
+    influence bound's r largest G[y, c, i] and the chain bound sqrt(T * the r largest v_i)
+    (:class:`sparsefan.lipschitz.MarginBound` with ``top=r``). A margin above it certifies r
+    pixels. The influence term and its weight gradient run on the C kernels over |W|, batch =
+    class pairs: a backward pass gives G, a forward pass of the r selected pixels' indicator
+    and a second backward give d(sum of the selected G)/d|W| (times sign W). An estimate for
+    the loss (float32, power iteration); certificates use :func:`l0_radius`.
+
+    Same interface as ``MarginBound``: ``value(warm)`` -> K (C, C), ``backward(dK, grads)``,
+    ``buffers()``."""
+
+    def __init__(self, network, radius, iterations=1, seed=0, dtype=np.float32):
+        if network.aggregate != "mean_logits":
+            raise ValueError("certified L0 training needs a mean_logits network")
+        _check_influence_activations(network)
+        self.network = network
+        self.radius = min(int(radius), network.n_in)
+        self.chain = lipschitz.MarginBound(network, iterations=iterations, seed=seed,
+                                           dtype=dtype, top=self.radius)
+        self.pairs, self.E = lipschitz._pairs(network.n_classes)
+        self._saved = None
+
+    def buffers(self):
+        return self.chain.buffers()
+
+    def value(self, warm=False):
+        Kc = self.chain.value(warm=warm)
+        Ki = self._influence_value()
+        self._use_chain = Kc <= Ki
+        return np.minimum(Kc, Ki)
+
+    def backward(self, dK, grads):
+        self.chain.backward(np.where(self._use_chain, dK, 0.0), grads)
+        self._influence_backward(np.where(self._use_chain, 0.0, dK), grads)
+
+    def _influence_value(self):
+        net, r = self.network, self.radius
+        W = net.layers[-1].weight
+        diff, g = _head_signal(net, W, self.pairs)
+        abs_layers = [_abs_layer(l, np.abs(l.weight)) for l in net.layers[:-1]]
+        G, signals = _abs_backward(net, abs_layers, g)
+        G = G.reshape(net.n_in, -1)  # (N, P) (c_in = 1 at the input)
+        sel = np.argpartition(-G, r - 1, axis=0)[:r]  # (r, P): the r costliest pixels
+        value = np.take_along_axis(G, sel, axis=0).astype(np.float64).sum(axis=0)
+        self._saved = dict(diff=diff, sel=sel, abs_layers=abs_layers, signals=signals)
+        return lipschitz._to_matrix(value, net.n_classes)
+
+    def _influence_backward(self, dK, grads):
+        gK = np.array([dK[a, b] + dK[b, a] for a, b in self.pairs])
+        if not gK.any():
+            return
+        net, sv = self.network, self._saved
+        layers, P = net.layers, len(self.pairs)
+        # forward the selected pixels' indicator through |W|: h_l, the input of layer l
+        h = np.zeros((net.n_in, 1, P), np.float32)
+        np.put_along_axis(h[:, 0, :], sv["sel"], 1.0, axis=0)
+        inputs = []
+        for l, a in enumerate(sv["abs_layers"]):
+            inputs.append(h)
+            h = a.forward_fm(h, check_finite=False)
+            if layers[l].activation == "maxmin":
+                h = _pair_sum(h, layers[l])
+        # head: value_p = sum_q diff[q, :, p] . h[idx_q, :, p] / M
+        head = layers[-1]
+        hq = h[head.connectivity.indices].astype(np.float64)  # (nnz, h, P)
+        W = head.weight
+        sign = np.sign(W[:, :, [a for a, _ in self.pairs]] - W[:, :, [b for _, b in self.pairs]])
+        gd = sign * hq * (gK / net.n_units)[None, None, :]
+        gw = grads[-1][0]
+        gw += (gd @ self.E).astype(np.float32)
+        # the layers below: d value / d|W_l| = sum_p h_l x (the signal at l's output) * gK_p
+        scale = gK.astype(np.float32)[None, None, :]
+        for l, a in enumerate(sv["abs_layers"]):
+            dy = np.ascontiguousarray(sv["signals"][l] * scale)
+            gw = a.backward_fm(inputs[l], dy, need_input_grad=False, check_finite=False).weight
+            acc = grads[l][0]
+            acc += gw * np.sign(layers[l].weight)
 
 
 # -- L2 --------------------------------------------------------------------------------------------

@@ -67,7 +67,8 @@ def cmd_train(args):
                          aggregate_loss=args.aggregate_loss, unit_loss=args.unit_loss,
                          validation=args.validation, patience=args.patience, seed=args.seed,
                          n_threads=args.threads, l2_epsilon=args.l2_epsilon,
-                         epsilon_ramp=args.epsilon_ramp, power_iterations=args.power_iterations)
+                         epsilon_ramp=args.epsilon_ramp, power_iterations=args.power_iterations,
+                         l0_radius=args.l0_radius)
     result = train(net, x_train, y_train.astype(np.int64), config, checkpoint=args.checkpoint,
                    resume=args.resume, progress=not args.quiet)
     acc, loss = evaluate(net, as_float_inputs(x_test), y_test.astype(np.int64), args.threads)
@@ -86,6 +87,16 @@ def cmd_train(args):
                                      "median_radius": float(np.median(radius))}
         print(f"certified L2 accuracy at eps {config.l2_epsilon:g}: {100 * cert:.2f}% "
               f"(median radius {np.median(radius):.3f}; sparsefan.certify.l2_radius)")
+    if net.aggregate == "mean_logits" and config.l0_radius > 0:
+        from sparsefan import certify
+
+        radius = certify.l0_radius(net, as_float_inputs(x_test), y_test.astype(np.int64),
+                                   n_threads=args.threads)
+        cert = float((radius >= config.l0_radius).mean())
+        meta["test_certified_l0"] = {"radius": config.l0_radius, "accuracy": cert,
+                                     "median_radius": float(np.median(radius))}
+        print(f"certified L0 accuracy at {config.l0_radius} pixels: {100 * cert:.2f}% "
+              f"(median radius {np.median(radius):g}; sparsefan.certify.l0_radius)")
     io.save_model(net, args.out, metadata=meta)
     print(f"saved {args.out}")
     return 0
@@ -307,8 +318,12 @@ def make_parser():
     p.add_argument("--l2-epsilon", type=float, default=0.0,
                    help="certified L2 training at this radius: Lipschitz-margin loss on the "
                         "wiring-weighted bound (mean_logits networks; default 0: off)")
+    p.add_argument("--l0-radius", type=int, default=0,
+                   help="certified L0 training at this many changed pixels: margin loss on the "
+                        "influence and chain bounds (mean_logits networks; default 0: off)")
     p.add_argument("--epsilon-ramp", type=float, default=0.5,
-                   help="fraction of the training over which eps rises from 0 (default 0.5)")
+                   help="fraction of the training over which the certified-training bound "
+                        "rises from 0 (default 0.5)")
     p.add_argument("--power-iterations", type=int, default=1,
                    help="power-iteration steps per training step for the bound (default 1)")
     p.add_argument("--seed", type=int, default=0)

@@ -198,9 +198,15 @@ class MarginBound:
     of K w.r.t. every layer's weight. An estimate for the loss; never used to certify.
 
     ``value()`` returns K (C, C); ``backward(dK, grads)`` adds dLoss/dW for dLoss/dK into the
-    trainer's ``grads`` [(grad_weight, grad_bias)] (float32)."""
+    trainer's ``grads`` [(grad_weight, grad_bias)] (float32).
 
-    def __init__(self, network, iterations=1, temperature=0.05, seed=0, dtype=np.float32):
+    With ``top`` = r the input reduction is the sum of the r largest v_k instead of their
+    (smoothed) maximum: K_yc = sqrt(T * (the r largest v_k)), the chain bound on how far r
+    changed pixels, each moving at most 1, move the margin (the L0 certificate's chain term,
+    :func:`input_weights`); its gradient goes to the r selected inputs."""
+
+    def __init__(self, network, iterations=1, temperature=0.05, seed=0, dtype=np.float32,
+                 top=None):
         if network.aggregate != "mean_logits":
             raise ValueError("certified L2 training needs a mean_logits network")
         self.network = network
@@ -208,6 +214,7 @@ class MarginBound:
         self.iterations = int(iterations)
         self.temperature = float(temperature)
         self.dtype = np.dtype(dtype)  # of the power iteration (float64: for exact tests)
+        self.top = None if top is None else min(int(top), network.n_in)
         self.pairs, self.E = _pairs(network.n_classes)
         rng = np.random.default_rng(seed)
         # per layer (< head), per group: right singular vectors (n_rows, c_out), float32 so
@@ -265,6 +272,12 @@ class MarginBound:
         hb = wiring.blocks(L - 1, head, head.weight.astype(self.dtype, copy=False))
         n, diffs = _head_norms(hb, net.n_units, self.E, net.n_units)
         Kp, inter = _chain(wiring, s, n)
+        if self.top is not None:  # the r largest v_k: the chain's L0 term
+            v0 = inter["vs"][0]
+            sel = np.argpartition(-v0, self.top - 1, axis=0)[:self.top]  # (r, P)
+            inter["V"] = np.take_along_axis(v0, sel, axis=0).sum(axis=0)
+            inter["sel"] = sel
+            Kp = np.sqrt(inter["T"] * inter["V"])
         self._saved = dict(s=s, uv=uv, n=n, diffs=diffs, head_blocks=hb, K=Kp, **inter)
         return _to_matrix(Kp, net.n_classes)
 
@@ -277,12 +290,15 @@ class MarginBound:
         with np.errstate(divide="ignore", invalid="ignore"):
             gT = np.where(T > 0, gK * Kp / (2 * T), 0.0)
             gV = np.where(V > 0, gK * Kp / (2 * V), 0.0)
-        # smoothed max: the gradient of max_k v_k spread by softmax((v - max) / (t * max))
         v0 = sv["vs"][0]
-        scale = np.maximum(self.temperature * V, 1e-30)
-        w = np.exp((v0 - V[None, :]) / scale[None, :])
-        w /= w.sum(axis=0, keepdims=True)
-        gv = w * gV[None, :]
+        if self.top is not None:  # the sum of the r selected v_k
+            gv = np.zeros_like(v0)
+            np.put_along_axis(gv, sv["sel"], gV[None, :], axis=0)
+        else:  # smoothed max: the gradient of max_k v_k spread by softmax((v - max) / (t max))
+            scale = np.maximum(self.temperature * V, 1e-30)
+            w = np.exp((v0 - V[None, :]) / scale[None, :])
+            w /= w.sum(axis=0, keepdims=True)
+            gv = w * gV[None, :]
         s = sv["s"]
         gs = [np.zeros_like(x) for x in s]
         for l in range(0, m):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -42,7 +43,13 @@ class TrainConfig:
     ``epsilon_ramp`` of the training steps, then stays at ``l2_epsilon``. With
     ``logit_temperature`` t > 0 the loss reads the logits in units of the mean bound k (the
     mean of K over class pairs): CE(t * (S + eps K) / k), free of the logits' scale; a large t
-    makes it hinge-like (only margins short of eps count), a small one rewards every margin."""
+    makes it hinge-like (only margins short of eps count), a small one rewards every margin.
+
+    Certified L0 training (mean_logits networks): with ``l0_radius`` r > 0 every non-true mean
+    logit is raised by t * K0[y, c] instead, K0 the certified L0 bound on how far r changed
+    pixels move the margin (:class:`sparsefan.certify.L0Bound`: the smaller of the influence
+    bound's r largest pixel costs and the chain bound's), t rising from 0 to 1 over
+    ``epsilon_ramp``. A zero loss needs every margin to clear the certificate at r pixels."""
 
     epochs: int = 10
     batch_size: int = 128
@@ -62,6 +69,7 @@ class TrainConfig:
     epsilon_ramp: float = 0.5
     power_iterations: int = 1
     logit_temperature: float = 0.0
+    l0_radius: int = 0
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -85,6 +93,12 @@ class TrainConfig:
             raise ValueError(f"epsilon_ramp must be a fraction in [0, 1], got {self.epsilon_ramp}")
         if not (self.logit_temperature >= 0 and math.isfinite(self.logit_temperature)):
             raise ValueError(f"logit_temperature must be >= 0, got {self.logit_temperature}")
+        if (isinstance(self.l0_radius, bool) or not isinstance(self.l0_radius, numbers.Integral)
+                or self.l0_radius < 0):
+            raise ValueError(f"l0_radius must be an integer >= 0, got {self.l0_radius!r}")
+        if self.l0_radius and self.l2_epsilon:
+            raise ValueError("l2_epsilon and l0_radius each choose the certified-training "
+                             "bound: set one of them")
         if int(self.power_iterations) < 1:
             raise ValueError(f"power_iterations must be >= 1, got {self.power_iterations}")
 
@@ -112,18 +126,21 @@ class TrainResult:
 
 
 def train_epsilon(config, step, steps_per_epoch):
-    """The certified-training radius at ``step``: linear from 0 over the first
-    ``epsilon_ramp`` of all steps, then ``l2_epsilon``."""
+    """The multiplier of the certified-training bound at ``step``: linear from 0 over the first
+    ``epsilon_ramp`` of all steps, then ``l2_epsilon`` (L2 training) or 1 (L0 training: the
+    bound already holds the radius)."""
+    full = config.l2_epsilon if config.l2_epsilon else 1.0
     ramp = config.epsilon_ramp * config.epochs * steps_per_epoch
     if ramp <= 0:
-        return config.l2_epsilon
-    return config.l2_epsilon * min(1.0, (step + 1) / ramp)
+        return full
+    return full * min(1.0, (step + 1) / ramp)
 
 
 def certified_step(network, bound, x, y, eps, config, grads, warm=False):
-    """One step of certified L2 training: the Lipschitz-margin loss on the bound ``bound``
-    (a :class:`sparsefan.lipschitz.MarginBound`) at radius ``eps``, its gradient through the
-    logits (the C backward pass) and through the bound (NumPy) accumulated into ``grads``."""
+    """One step of certified training: the margin loss with offsets eps * K, K the bound
+    ``bound`` (a :class:`sparsefan.lipschitz.MarginBound` for L2, eps the radius, or a
+    :class:`sparsefan.certify.L0Bound`, eps the ramp), its gradient through the logits (the C
+    backward pass) and through the bound accumulated into ``grads``."""
     K = bound.value(warm=warm)
     scale, kappa = 1.0, None
     if config.logit_temperature:  # logits in units of the mean bound
@@ -276,16 +293,23 @@ def train(network, x, y, config=None, x_val=None, y_val=None, checkpoint=None, r
 
     opt = Optimizer(network, config)
     bound = None
-    if config.l2_epsilon > 0:
-        from sparsefan.lipschitz import MarginBound
-
+    if config.l2_epsilon > 0 or config.l0_radius > 0:
+        what = ("certified L2 training (l2_epsilon > 0)" if config.l2_epsilon else
+                "certified L0 training (l0_radius > 0)")
         if network.aggregate != "mean_logits":
-            raise ValueError(f"certified L2 training (l2_epsilon > 0) needs a mean_logits "
-                             f"network, got aggregate={network.aggregate!r}")
+            raise ValueError(f"{what} needs a mean_logits network, got "
+                             f"aggregate={network.aggregate!r}")
         if aw == 0 or uw:
-            raise ValueError("certified L2 training (l2_epsilon > 0) trains the aggregate loss "
-                             "alone: set unit_loss=0")
-        bound = MarginBound(network, iterations=config.power_iterations, seed=config.seed)
+            raise ValueError(f"{what} trains the aggregate loss alone: set unit_loss=0")
+        if config.l2_epsilon:
+            from sparsefan.lipschitz import MarginBound
+
+            bound = MarginBound(network, iterations=config.power_iterations, seed=config.seed)
+        else:
+            from sparsefan.certify import L0Bound
+
+            bound = L0Bound(network, config.l0_radius, iterations=config.power_iterations,
+                            seed=config.seed)
         opt.state.append(bound.buffers())  # checkpointed with the optimizer: exact resume
     result = TrainResult()
     start_epoch = 0

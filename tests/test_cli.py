@@ -56,6 +56,17 @@ def test_certified_training_from_the_command_line(tmp_path, capsys):
     assert "cert@0.50" in text
 
 
+def test_certified_l0_training_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "cert0.npz"
+    code, text, _ = run(["train", "--data", "embedded", "--arch", "direct", "--units", "196",
+                         "--fan-in", "16", "--hidden", "8", "--epochs", "2", "--lr", "1e-2",
+                         "--l0-radius", "3", "--quiet", "--out", str(out)], capsys)
+    assert code == 0 and "certified L0 accuracy at 3 pixels" in text
+    meta = io.load_model(out).metadata
+    assert meta["config"]["l0_radius"] == 3
+    assert 0.0 < meta["test_certified_l0"]["accuracy"] <= meta["test_accuracy"]
+
+
 def test_errors_are_messages_not_tracebacks(tmp_path, capsys):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"nope")
