@@ -22,9 +22,13 @@ for the optimizer state and the best weights so far.
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
+import re
+import struct
+import warnings
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -46,19 +50,72 @@ class ModelFileError(ValueError):
 
 # -- writing ------------------------------------------------------------------------------------
 
-def _atomic_zip(path, members):
-    """Write {name: array} as an uncompressed .npz-style zip to ``path`` atomically: a temporary
-    file in the same directory, flushed and fsynced, then renamed over ``path``."""
+def check_output_path(path, name="path"):
+    """Refuse, before any long work, an output path that cannot be written: a directory, or
+    one whose parent directory is missing or not writable."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{name} {path!r} is a directory; give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"{name} {path!r}: directory {parent!r} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"{name} {path!r}: directory {parent!r} is not writable")
+    return path
+
+
+def _temp_prefix(path):
+    return f".{os.path.basename(path)}.tmp-"
+
+
+def _remove_stale_temps(path):
+    """Temporary files of earlier writes of ``path`` whose process died (SIGKILL) before it
+    could remove them: named .<target>.tmp-<pid>-..., removed when <pid> no longer runs."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    prefix = _temp_prefix(path)
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith(prefix)]
+    except OSError:
+        return
+    for n in names:
+        pid = n[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running: maybe writing it now
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError, OSError):
+            continue
+        try:
+            os.unlink(os.path.join(directory, n))
+        except OSError:
+            pass
+
+
+def atomic_write(path, write):
+    """Write ``path`` atomically: ``write(file)`` fills a temporary file in the same directory
+    (created with the usual permissions, 0666 less the umask), which is flushed, fsynced and
+    renamed over ``path``; the directory is fsynced after the rename. On any failure the old
+    file is untouched and the temporary removed; temporaries left by killed writers of the same
+    target are removed by the next write."""
+    path = check_output_path(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    _remove_stale_temps(path)
+    for _ in range(100):
+        tmp = os.path.join(directory, f"{_temp_prefix(path)}{os.getpid()}-"
+                                      f"{os.urandom(4).hex()}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"cannot create a temporary file beside {path!r}")
     try:
         with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
-                for name, arr in members.items():
-                    with z.open(name, "w", force_zip64=True) as m:
-                        np.lib.format.write_array(m, np.ascontiguousarray(arr),
-                                                  allow_pickle=False)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -74,6 +131,33 @@ def _atomic_zip(path, members):
             os.close(dfd)
     except OSError:
         pass
+
+
+def _atomic_zip(path, members):
+    """Write {name: array} as an uncompressed .npz-style zip to ``path`` atomically."""
+    def write(f):
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
+            for name, arr in members.items():
+                with z.open(name, "w", force_zip64=True) as m:
+                    np.lib.format.write_array(m, np.ascontiguousarray(arr), allow_pickle=False)
+    atomic_write(path, write)
+
+
+def _check_metadata(metadata):
+    """What the reader accepts, refused at write time: a JSON object of bounded depth."""
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
+    if _json_depth(metadata) > _MAX_META_DEPTH - 1:
+        raise ValueError(f"metadata is nested deeper than {_MAX_META_DEPTH - 1} levels")
+    try:
+        size = len(json.dumps(metadata, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"metadata must be JSON-serializable (finite numbers): {e}") from None
+    if size > _MAX_META_BYTES // 2:
+        raise ValueError(f"metadata takes {size} bytes as JSON (at most "
+                         f"{_MAX_META_BYTES // 2})")
 
 
 def _json_member(obj):
@@ -107,6 +191,7 @@ def save_model(network, path, metadata=None):
     in the file (for example training settings and test accuracy)."""
     if not isinstance(network, Network):
         raise TypeError(f"network must be a sparsefan Network, got {type(network).__name__}")
+    _check_metadata(metadata)
     members = {"meta.json": _json_member(_network_meta(network, MODEL_FORMAT, metadata))}
     members.update(_network_members(network))
     _atomic_zip(path, members)
@@ -114,16 +199,105 @@ def save_model(network, path, metadata=None):
 
 # -- reading ------------------------------------------------------------------------------------
 
+# The reader trusts nothing in the file. Members must be stored (the writer never compresses, so
+# no decompression bomb can be read), named exactly as expected, once each, and not encrypted;
+# every .npy header is parsed by the bounded parser below (never tokenize / literal_eval), and
+# every size is a Python int checked against the member's real size before anything is read.
+_MAX_HEADER = 4096  # bytes of an .npy header (numpy's own writer needs under 200 here)
+_MAX_META_DEPTH = 64  # nesting of meta.json (the writer refuses deeper metadata too)
+_NPY_HEADER = re.compile(
+    r"\{'descr': '(?P<descr>[<>|=][a-zA-Z]\d{0,2})', 'fortran_order': (?P<fortran>True|False), "
+    r"'shape': \((?P<shape>(?:\d{1,19}, )*\d{0,19},?)\), \} *\n")
+_DESCRS = {"<i4": "int32", "<i8": "int64", "<f4": "float32", "|u1": "uint8"}
+
+
+def _parse_npy_header(data, where):
+    """(dtype name, shape, offset of the data) of an .npy member's bytes, or ModelFileError."""
+    if len(data) < 10 or data[:6] != b"\x93NUMPY":
+        raise ModelFileError(f"{where} is not an .npy array")
+    major = data[6]
+    if major == 1:
+        hlen, start = int.from_bytes(data[8:10], "little"), 10
+    elif major in (2, 3):
+        if len(data) < 12:
+            raise ModelFileError(f"{where}: the .npy header is truncated")
+        hlen, start = int.from_bytes(data[8:12], "little"), 12
+    else:
+        raise ModelFileError(f"{where}: unknown .npy version {major}.{data[7]}")
+    if hlen > _MAX_HEADER:
+        raise ModelFileError(f"{where}: the .npy header is {hlen} bytes (at most {_MAX_HEADER})")
+    if start + hlen > len(data):
+        raise ModelFileError(f"{where}: the .npy header is truncated")
+    try:
+        header = data[start:start + hlen].decode("ascii")
+    except UnicodeDecodeError:
+        raise ModelFileError(f"{where}: the .npy header is not ASCII") from None
+    m = _NPY_HEADER.fullmatch(header)
+    if m is None:
+        raise ModelFileError(f"{where}: malformed .npy header {header[:80]!r}")
+    dtype = _DESCRS.get(m["descr"])
+    if dtype is None:  # a name for the message only (a short, pattern-checked string)
+        try:
+            with warnings.catch_warnings():  # deprecated aliases ('|a1') still name a type
+                warnings.simplefilter("ignore")
+                dtype = str(np.dtype(m["descr"]))
+        except TypeError:
+            dtype = repr(m["descr"])
+    if m["fortran"] == "True":
+        raise ModelFileError(f"{where} must be C-ordered")
+    dims = [d for d in m["shape"].replace(" ", "").split(",") if d]
+    if len(dims) == 1 and not m["shape"].endswith(","):
+        raise ModelFileError(f"{where}: malformed .npy shape ({m['shape']})")
+    return dtype, tuple(int(d) for d in dims), start + hlen
+
+
+def _json_depth(obj):
+    """Nesting depth of a parsed JSON value (iterative: no recursion on hostile input)."""
+    depth, stack = 0, [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, dict):
+            o = list(o.values())
+        if isinstance(o, list):
+            depth = max(depth, d)
+            stack.extend((v, d + 1) for v in o)
+    return depth
+
+
 class _Reader:
-    """Reads .npy members of a zip by their headers, checking dtype and shape before reading."""
+    """Reads the .npy members of a zip archive by their headers, checking names, storage,
+    dtype and shape before any data is read."""
 
     def __init__(self, path):
         self.path = os.fspath(path)
         try:
+            size = os.path.getsize(self.path)
             self.zip = zipfile.ZipFile(self.path, "r")
-            self.infos = {i.filename: i for i in self.zip.infolist()}
-        except (zipfile.BadZipFile, OSError, ValueError) as e:
-            raise ModelFileError(f"{self.path}: not a sparsefan file (not a zip archive: {e})")
+            infos = self.zip.infolist()
+        except OSError as e:
+            raise ModelFileError(f"{self.path}: cannot read the file: {e}") from None
+        except (zipfile.BadZipFile, ValueError, EOFError, struct.error, OverflowError,
+                NotImplementedError, RuntimeError, UnicodeDecodeError) as e:
+            raise ModelFileError(f"{self.path}: not a sparsefan file (not a zip archive: "
+                                 f"{e})") from None
+        try:
+            self.infos = {}
+            for info in infos:
+                where = f"{self.path}: member {info.filename!r}"
+                if info.filename in self.infos:
+                    raise ModelFileError(f"{where} appears more than once")
+                if info.flag_bits & 0x1:
+                    raise ModelFileError(f"{where} is encrypted")
+                if info.compress_type != zipfile.ZIP_STORED:
+                    raise ModelFileError(f"{where} is compressed (method {info.compress_type}); "
+                                         f"sparsefan files store their members uncompressed")
+                if info.file_size > size:
+                    raise ModelFileError(f"{where} claims {info.file_size} bytes, more than the "
+                                         f"file holds")
+                self.infos[info.filename] = info
+        except BaseException:
+            self.zip.close()
+            raise
 
     def close(self):
         self.zip.close()
@@ -131,39 +305,41 @@ class _Reader:
     def names(self):
         return set(self.infos)
 
-    def array(self, name, dtype, shape):
-        if name not in self.infos:
+    def _bytes(self, name):
+        info = self.infos.get(name)
+        if info is None:
             raise ModelFileError(f"{self.path}: member {name!r} is missing")
-        info = self.infos[name]
         try:
             with self.zip.open(info) as f:
-                version = np.lib.format.read_magic(f)
-                if version == (1, 0):
-                    hshape, fortran, hdtype = np.lib.format.read_array_header_1_0(f)
-                elif version in ((2, 0), (3, 0)):
-                    hshape, fortran, hdtype = np.lib.format.read_array_header_2_0(f)
-                else:
-                    raise ModelFileError(f"{self.path}: {name}: unknown .npy version {version}")
-                want = _DTYPES[dtype]
-                if hdtype.hasobject or hdtype != want:
-                    raise ModelFileError(
-                        f"{self.path}: {name} must have dtype {dtype}, got {hdtype}")
-                if fortran:
-                    raise ModelFileError(f"{self.path}: {name} must be C-ordered")
-                if shape is not None and tuple(hshape) != tuple(shape):
-                    raise ModelFileError(
-                        f"{self.path}: {name} must have shape {tuple(shape)}, got {hshape}")
-                nbytes = int(np.prod(hshape, dtype=np.int64)) * want.itemsize
-                if nbytes > info.file_size:
-                    raise ModelFileError(f"{self.path}: {name} is truncated")
-                data = f.read(nbytes)
-        except ModelFileError:
-            raise
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-            raise ModelFileError(f"{self.path}: {name} is unreadable: {e}")
-        if len(data) != nbytes:
+                data = f.read(info.file_size + 1)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error,
+                NotImplementedError, RuntimeError, zlib.error) as e:
+            raise ModelFileError(f"{self.path}: {name} is unreadable: {e}") from None
+        if len(data) != info.file_size:
             raise ModelFileError(f"{self.path}: {name} is truncated")
-        return np.frombuffer(data, dtype=want).reshape(hshape).copy()
+        return data
+
+    def array(self, name, dtype, shape):
+        """The member as a fresh array of ``dtype``; ``shape`` (or None: any 1-D length)."""
+        where = f"{self.path}: {name}"
+        data = self._bytes(name)
+        hdtype, hshape, offset = _parse_npy_header(data, where)
+        if hdtype != dtype:
+            raise ModelFileError(f"{where} must have dtype {dtype}, got {hdtype}")
+        if shape is None:
+            if len(hshape) != 1:
+                raise ModelFileError(f"{where} must be one-dimensional")
+        elif hshape != tuple(shape):
+            raise ModelFileError(f"{where} must have shape {tuple(shape)}, got {hshape}")
+        want = _DTYPES[dtype]
+        nbytes = math.prod(hshape) * want.itemsize  # Python ints: no wrap-around
+        if offset + nbytes > len(data):
+            raise ModelFileError(f"{where} is truncated: {len(data) - offset} data bytes, its "
+                                 f"header says {nbytes}")
+        if offset + nbytes < len(data):
+            raise ModelFileError(f"{where} has {len(data) - offset - nbytes} bytes after its "
+                                 f"data")
+        return np.frombuffer(data, dtype=want, offset=offset).reshape(hshape).copy()
 
     def json(self, name):
         info = self.infos.get(name)
@@ -172,14 +348,17 @@ class _Reader:
         if info.file_size > _MAX_META_BYTES:
             raise ModelFileError(f"{self.path}: {name} is too large")
         raw = self.array(name, "uint8", None)
-        if raw.ndim != 1:
-            raise ModelFileError(f"{self.path}: {name} must be one-dimensional")
         try:
             obj = json.loads(raw.tobytes().decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ModelFileError(f"{self.path}: {name} is not valid JSON: {e}")
+            raise ModelFileError(f"{self.path}: {name} is not valid JSON: {e}") from None
+        except RecursionError:
+            raise ModelFileError(f"{self.path}: {name} is nested too deeply") from None
         if not isinstance(obj, dict):
             raise ModelFileError(f"{self.path}: {name} must hold a JSON object")
+        if _json_depth(obj) > _MAX_META_DEPTH:
+            raise ModelFileError(f"{self.path}: {name} is nested deeper than "
+                                 f"{_MAX_META_DEPTH} levels")
         return obj
 
 
@@ -200,7 +379,7 @@ def _read_network(reader, fmt):
     if meta.get("format") != fmt:
         raise ModelFileError(f"{path}: format is {meta.get('format')!r}, expected {fmt!r}")
     version = meta.get("version")
-    if version != VERSION:
+    if type(version) is not int or version != VERSION:
         raise ModelFileError(f"{path}: format version {version!r} is not supported "
                              f"(this sparsefan reads version {VERSION})")
     specs = _field(meta, "layers", list, path)
@@ -215,7 +394,7 @@ def _read_network(reader, fmt):
             n_in, n_out, nnz, c_in, c_out = (
                 _field(spec, k, int, path, where) for k in ("n_in", "n_out", "nnz", "c_in",
                                                             "c_out"))
-            if min(n_in, n_out, c_in, c_out) < 1 or nnz < 0 or n_in >= 2**31:
+            if min(n_in, n_out, c_in, c_out) < 1 or nnz < 0 or max(n_in, n_out) >= 2**31:
                 raise ModelFileError(f"{path}: {where} has invalid sizes")
             act = spec.get("activation")
             if act not in ACTIVATIONS:
@@ -227,11 +406,18 @@ def _read_network(reader, fmt):
             conn = Connectivity(n_in, indptr, indices)
             layers.append(FanIn(conn, c_in, c_out, activation=act, weight=weight, bias=bias))
         input_shape = _field(meta, "input_shape", list, path)
-        if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in input_shape):
+        if not all(type(s) is int and s > 0 for s in input_shape):
             raise ModelFileError(f"{path}: input_shape must list positive ints")
+        if math.prod(input_shape) != layers[0].n_in:
+            raise ModelFileError(f"{path}: input_shape {input_shape} does not hold the first "
+                                 f"layer's {layers[0].n_in} inputs")
+        name = meta.get("name", "network")
+        if not isinstance(name, str) or len(name) > 1000:
+            raise ModelFileError(f"{path}: meta.json 'name' must be a string")
+        if not isinstance(meta.get("metadata", {}), dict):
+            raise ModelFileError(f"{path}: meta.json 'metadata' must be an object")
         network = Network(layers, _field(meta, "n_classes", int, path),
-                          _field(meta, "aggregate", str, path), input_shape,
-                          name=str(meta.get("name", "network")))
+                          _field(meta, "aggregate", str, path), input_shape, name=name)
     except ModelFileError:
         raise
     except (ValueError, TypeError) as e:
@@ -279,6 +465,25 @@ def save_checkpoint(path, network, optimizer, config, epoch, history, best):
     _atomic_zip(path, members)
 
 
+def _check_state(state, path):
+    def bad(key):
+        raise ModelFileError(f"{path}: state.json {key!r} is missing or of the wrong type")
+
+    for key in ("epoch", "t"):
+        if type(state.get(key)) is not int or state[key] < 0:
+            bad(key)
+    if not isinstance(state.get("history"), list) or \
+            not all(isinstance(h, dict) for h in state["history"]):
+        bad("history")
+    if not isinstance(state.get("config"), str):
+        bad("config")
+    if state.get("best_epoch") is not None:
+        if type(state["best_epoch"]) is not int:
+            bad("best_epoch")
+        if type(state.get("best_accuracy")) not in (int, float):
+            bad("best_accuracy")
+
+
 def load_checkpoint(path, network, optimizer, config):
     """Restore ``network`` and ``optimizer`` from a checkpoint; None if ``path`` does not exist.
 
@@ -290,12 +495,20 @@ def load_checkpoint(path, network, optimizer, config):
     try:
         saved, _ = _read_network(reader, CHECKPOINT_FORMAT)
         state = reader.json("state.json")
+        _check_state(state, path)
         if len(saved.layers) != len(network.layers) or any(
                 a.connectivity != b.connectivity or a.weight_shape != b.weight_shape
                 for a, b in zip(saved.layers, network.layers)):
             raise ModelFileError(f"{path}: the checkpoint is of a different architecture")
         want = json.loads(config.to_json())
-        have = json.loads(state.get("config", "{}"))
+        try:
+            have = json.loads(state["config"])
+        except (json.JSONDecodeError, RecursionError):
+            raise ModelFileError(f"{path}: state.json 'config' is not valid JSON") from None
+        if not isinstance(have, dict):
+            raise ModelFileError(f"{path}: state.json 'config' must be a JSON object")
+        # settings added since the checkpoint was written take their defaults
+        have = {**json.loads(type(config)().to_json()), **have}
         want.pop("n_threads", None)
         have.pop("n_threads", None)
         if want != have:

@@ -163,7 +163,7 @@ KINDS = {
     "nan_weight": r"weight contains NaN or Inf",
     "truncated_member": r"layers/0/weight is truncated",
     "pickled_object": r"layers/0/weight must have dtype float32, got object",
-    "pickle_meta": r"meta.json is unreadable: the magic string is not correct",
+    "pickle_meta": r"meta.json is not an .npy array",
     "missing_member": r"member 'layers/2/bias' is missing",
     "extra_member": r"unexpected members \['payload'\]",
     "bad_version": r"format version 99 is not supported",
