@@ -2,6 +2,7 @@
 import functools
 import numbers
 import os
+import warnings
 
 from sparsefan import _kernels
 
@@ -55,12 +56,24 @@ def default_n_threads():
     return usable_cpu_count()
 
 
+MAX_THREADS_PER_CPU = 4  # more threads than this per usable CPU only add overhead
+MIN_THREAD_CAP = 64
+
+
+def max_threads():
+    """The most threads a call uses: ``MAX_THREADS_PER_CPU`` times the usable CPU count, and
+    at least ``MIN_THREAD_CAP``."""
+    return max(MIN_THREAD_CAP, MAX_THREADS_PER_CPU * usable_cpu_count())
+
+
 def resolve_n_threads(n_threads, name="n_threads"):
     """Turn a user's ``n_threads`` into a positive thread count.
 
     None -> ``OMP_NUM_THREADS`` or the usable CPU count; a positive int is taken as is;
     a negative int counts back from the usable count (-1 = all, -2 = all but one; at least 1);
-    0 is an error. Without OpenMP the kernels run on one thread whatever is asked.
+    0 is an error. Counts above :func:`max_threads` (4 per usable CPU, at least 64) are capped
+    there with a RuntimeWarning: OpenMP would try to allocate a stack per thread and abort the process.
+    Results do not depend on the count. Without OpenMP the kernels run on one thread.
     """
     if n_threads is None:
         n = default_n_threads()
@@ -74,4 +87,10 @@ def resolve_n_threads(n_threads, name="n_threads"):
         n = max(1, usable_cpu_count() + 1 + int(n_threads))
     if not _kernels.openmp_enabled():
         return 1
+    cap = max_threads()
+    if n > cap:
+        warnings.warn(f"{name}={n} is more threads than {cap} (the cap for "
+                      f"{usable_cpu_count()} usable CPUs); using {cap}", RuntimeWarning,
+                      stacklevel=3)
+        n = cap
     return n

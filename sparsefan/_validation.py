@@ -27,6 +27,15 @@ def check_array(value, name, dtype, ndim=None, shape=None, finite=False):
     return value
 
 
+def check_no_overlap(out, name, **inputs):
+    """Refuse an output buffer that shares memory with an input: the kernels read inputs while
+    they write outputs, so an overlap gives a silently wrong answer."""
+    for other, arr in inputs.items():
+        if arr is not None and np.may_share_memory(out, arr):
+            raise ValueError(f"{name} must not share memory with {other}")
+    return out
+
+
 def check_writable(value, name):
     if not value.flags.writeable:
         raise ValueError(f"{name} must be writable")

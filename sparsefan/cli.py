@@ -59,6 +59,7 @@ def cmd_train(args):
     from sparsefan import io
     from sparsefan.train import TrainConfig, as_float_inputs, evaluate, train
 
+    io.check_output_path(args.out, "--out")  # before minutes of training
     x_train, y_train, x_test, y_test = _load(args)
     net = build_network(args, x_train.shape[1:], int(y_train.max()) + 1)
     print(net.summary())
@@ -403,7 +404,12 @@ def main(argv=None):
     args = make_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DatasetError, ModelFileError, FileNotFoundError) as e:
+    except BrokenPipeError:  # `sparsefan info m.npz | head`: the reader left; so do we
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except (DatasetError, ModelFileError, FileNotFoundError, IsADirectoryError,
+            PermissionError) as e:
         print(f"sparsefan {args.command}: error: {e}", file=sys.stderr)
         return 2
     except (ValueError, TypeError, OSError, ImportError, RuntimeError) as e:

@@ -57,6 +57,18 @@ def _check_int(value, name, minimum):
     return int(value)
 
 
+def _check_size(n_in, n_out, k):
+    """Refuse a table too large to address before anything is allocated: n_in and n_out below
+    2**31, and at most 2**31 - 1 connections (Python ints: no wrap-around)."""
+    if n_in > _MAX_INDEX:
+        raise ValueError(f"n_in must be < 2**31 (indices are int32), got {n_in}")
+    if n_out > _MAX_INDEX:
+        raise ValueError(f"n_out must be < 2**31, got {n_out}")
+    if n_out * k > _MAX_INDEX:
+        raise ValueError(f"n_out * k = {n_out} * {k} connections is more than a table holds "
+                         f"(2**31 - 1)")
+
+
 def _rng(seed):
     return np.random.default_rng(seed)
 
@@ -87,12 +99,13 @@ class Connectivity:
 
     def __init__(self, n_in, indptr, indices):
         n_in = _check_int(n_in, "n_in", 1)
-        if n_in > _MAX_INDEX:
-            raise ValueError(f"n_in must be < 2**31 (indices are int32), got {n_in}")
         indptr = _as_index_array(indptr, "indptr")
         indices = _as_index_array(indices, "indices")
         if indptr.size < 2:
             raise ValueError("indptr must have n_out + 1 >= 2 entries")
+        _check_size(n_in, indptr.size - 1, 0)
+        if indices.size > _MAX_INDEX:
+            raise ValueError(f"a table holds at most 2**31 - 1 connections, got {indices.size}")
         if indptr[0] != 0:
             raise ValueError(f"indptr[0] must be 0, got {indptr[0]}")
         if np.any(np.diff(indptr.astype(np.int64)) < 0):
@@ -133,7 +146,8 @@ class Connectivity:
     @classmethod
     def from_rows(cls, n_in, rows):
         """The table whose row ``j`` is the sequence ``rows[j]`` (rows may differ in length)."""
-        rows = [np.asarray(r, dtype=np.int64).reshape(-1) for r in rows]
+        rows = [_as_index_array(np.asarray(r).reshape(-1), f"rows[{j}]").astype(np.int64)
+                for j, r in enumerate(rows)]
         indptr = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum([r.size for r in rows], out=indptr[1:])
         indices = np.concatenate(rows) if rows else np.zeros(0, np.int64)
@@ -149,12 +163,14 @@ class Connectivity:
     def identity(cls, n):
         """Unit ``j`` reads unit ``j``: a per-unit (pointwise) layer over ``n`` units."""
         n = _check_int(n, "n", 1)
+        _check_size(n, n, 1)
         return cls._fixed(n, np.arange(n).reshape(n, 1))
 
     @classmethod
     def dense(cls, n_in, n_out):
         """Every output reads every input (a dense layer as a FanIn; k = n_in)."""
         n_in, n_out = _check_int(n_in, "n_in", 1), _check_int(n_out, "n_out", 1)
+        _check_size(n_in, n_out, n_in)
         return cls._fixed(n_in, np.broadcast_to(np.arange(n_in), (n_out, n_in)))
 
     @classmethod
@@ -168,6 +184,7 @@ class Connectivity:
         k = _check_int(k, "k", 1)
         if k > n_in:
             raise ValueError(f"k must be <= n_in = {n_in}, got {k}")
+        _check_size(n_in, n_out, k)
         rng = _rng(seed)
         table = np.empty((n_out, k), dtype=np.int64)
         for col, top in enumerate(range(n_in - k, n_in)):
@@ -192,6 +209,7 @@ class Connectivity:
         k = _check_int(k, "k", 1)
         if k > n_in:
             raise ValueError(f"k must be <= n_in = {n_in}, got {k}")
+        _check_size(n_in, n_out, k)
         rng = _rng(seed)
         groups = []
         n_rows = 0
@@ -216,6 +234,7 @@ class Connectivity:
         n_in, n_parts = _check_int(n_in, "n_in", 1), _check_int(n_parts, "n_parts", 1)
         if n_parts > n_in:
             raise ValueError(f"n_parts must be <= n_in = {n_in}, got {n_parts}")
+        _check_size(n_in, n_parts, 1)
         rows = [np.sort(r) for r in np.array_split(_rng(seed).permutation(n_in), n_parts)]
         return cls.from_rows(n_in, rows)
 
@@ -257,6 +276,7 @@ class Connectivity:
         k = _check_int(k, "k", 1)
         if k > n_in:
             raise ValueError(f"k must be <= H*W*C = {n_in}, got {k}")
+        _check_size(n_in, n_out, k)
         if sigma is None:
             sigma = math.sqrt(k / (math.pi * C))
         sigma = float(sigma)
@@ -321,6 +341,7 @@ class Connectivity:
         k = _check_int(k, "k", 1)
         if k > n_in:
             raise ValueError(f"k must be <= n_in = {n_in}, got {k}")
+        _check_size(n_in, n_out, k)
         sigma = float(sigma)
         if not (sigma > 0 and math.isfinite(sigma)):
             raise ValueError(f"sigma must be a positive finite number, got {sigma}")

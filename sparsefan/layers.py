@@ -26,7 +26,7 @@ import numpy as np
 
 from sparsefan import _kernels
 from sparsefan._threads import resolve_n_threads
-from sparsefan._validation import check_array, check_int, check_writable
+from sparsefan._validation import check_array, check_int, check_no_overlap, check_writable
 from sparsefan.connectivity import Connectivity
 from sparsefan.layout import empty_aligned, from_feature_major, to_feature_major
 
@@ -138,8 +138,9 @@ class FanIn:
 
     def _set_parameter(self, name, value, shape):
         """Validate, copy into an owned read-only array, advance the version."""
-        setattr(self, "_" + name, _owned(check_array(value, name, np.float32, shape=shape,
-                                                     finite=True)))
+        value = check_array(value, name, np.float32, shape=shape, finite=True)
+        _check_magnitude(value, name)
+        setattr(self, "_" + name, _owned(value))
         self._version = next(_VERSIONS)
 
     @property
@@ -163,10 +164,13 @@ class FanIn:
             self._version = next(_VERSIONS)
 
     def check_parameters(self):
-        """Raise ValueError if the weight or bias holds NaN or Inf."""
+        """Raise ValueError if the weight or bias holds NaN, Inf or a value beyond
+        ``MAX_ABS_PARAMETER``."""
         for name in ("weight", "bias"):
-            if not np.isfinite(getattr(self, "_" + name)).all():
+            value = getattr(self, "_" + name)
+            if not np.isfinite(value).all():
                 raise ValueError(f"{name} contains NaN or Inf")
+            _check_magnitude(value, name)
 
     def __getstate__(self):
         return self.__dict__.copy()
@@ -261,6 +265,7 @@ class FanIn:
         else:
             check_writable(check_array(out, "out", np.float32,
                                        shape=(self.n_out, self.c_out, batch)), "out")
+            check_no_overlap(out, "out", xt=xt, weight=self._weight, bias=self._bias)
         conn = self.connectivity
         self._linear_fm(out, xt, self._threads(n_threads), relu=self.activation == "relu")
         if self.activation == "maxmin":
@@ -306,9 +311,15 @@ class FanIn:
             zt = empty_aligned(out_shape)
             self._linear_fm(zt, xt, n, relu=False)
             dyt = _maxmin_backward(zt, dyt)
+        given = dict(xt=xt, dyt=dyt, yt=yt, weight=self._weight)
+        for buf, name in ((grad_input, "grad_input"), (grad_weight, "grad_weight"),
+                          (grad_bias, "grad_bias")):
+            if buf is not None:
+                check_no_overlap(buf, name, **given)
         if need_param_grad:
             grad_weight = self._grad_buffer(grad_weight, "grad_weight", self.weight_shape)
             grad_bias = self._grad_buffer(grad_bias, "grad_bias", self.bias_shape)
+            check_no_overlap(grad_weight, "grad_weight", grad_bias=grad_bias)
         else:
             grad_weight = grad_bias = None
         # a buffer of ours is written by the kernel, not accumulated into: no need to zero it
@@ -397,6 +408,15 @@ def _maxmin_backward(zt, dyt):
     o[:, :, 0] = np.where(first, d[:, :, 0], d[:, :, 1])
     o[:, :, 1] = np.where(first, d[:, :, 1], d[:, :, 0])
     return out
+
+
+MAX_ABS_PARAMETER = 1e15  # beyond it float32 sums of products overflow on ordinary inputs
+
+
+def _check_magnitude(value, name):
+    if value.size and float(np.abs(value).max()) > MAX_ABS_PARAMETER:
+        raise ValueError(f"{name} holds values beyond {MAX_ABS_PARAMETER:g} in magnitude "
+                         f"(float32 arithmetic would overflow)")
 
 
 def _owned(a):

@@ -9,6 +9,7 @@ one GEMM (see FanIn), so a dense MLP is a Network too and trains with the same t
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -81,7 +82,7 @@ class Network:
         if input_shape is None:
             input_shape = (n_in,)
         input_shape = tuple(int(s) for s in input_shape)
-        if int(np.prod(input_shape)) != n_in:
+        if any(s < 1 for s in input_shape) or math.prod(input_shape) != n_in:
             raise ValueError(f"input_shape {input_shape} does not hold n_in = {n_in} values")
         self.input_shape = input_shape
         self.name = name or "network"
@@ -219,6 +220,7 @@ class Network:
         change, every layer, activations in scratch memory); networks with GEMM layers run
         layer by layer."""
         x = self._check_x(x)
+        batch_size = check_int(batch_size, "batch_size", 1)
         n = resolve_n_threads(n_threads)
         batch = x.shape[0]
         plan = self._fused_plan()
@@ -237,13 +239,36 @@ class Network:
                     xb.reshape(-1), xb.shape[0], n).reshape(shape + (xb.shape[0],))
         return out
 
+    def _refuse_overflow(self, Z, S, allow_neg_inf=False):
+        """Outputs that overflowed float32 (finite inputs, huge weights) would turn into class 0
+        or NaN probabilities silently: refuse them. Mean aggregates carry a non-finite unit
+        into S (batch, C), which is checked; the vote reads every unit of Z."""
+        if self.aggregate == "vote":
+            ok = np.isfinite(Z).all(axis=(0, 1))
+        else:
+            ok = (np.isfinite(S) | (allow_neg_inf & (S == -np.inf))).all(axis=1)
+        if not ok.all():
+            bad = np.flatnonzero(~ok)
+            raise FloatingPointError(
+                f"the network's outputs overflowed float32 for {len(bad)} example(s) of x "
+                f"(first: {int(bad[0])}): weights or inputs too large")
+
     def predict_proba(self, x, n_threads=None):
         """(batch, C) probabilities of the aggregate."""
-        return agg.probabilities(self.unit_logits(x, n_threads), self.aggregate)
+        Z = self.unit_logits(x, n_threads)
+        with np.errstate(invalid="ignore", over="ignore"):  # refused just below
+            P = agg.probabilities(Z, self.aggregate)
+        self._refuse_overflow(Z, P)
+        return P
 
     def scores(self, x, n_threads=None):
-        """(batch, C) aggregate scores: mean logits, log mean probability, or vote fraction."""
-        return agg.scores(self.unit_logits(x, n_threads), self.aggregate)
+        """(batch, C) aggregate scores: mean logits, log mean probability (-inf for a class of
+        probability 0), or vote fraction."""
+        Z = self.unit_logits(x, n_threads)
+        with np.errstate(invalid="ignore", over="ignore"):  # refused just below
+            S = agg.scores(Z, self.aggregate)
+        self._refuse_overflow(Z, S, allow_neg_inf=self.aggregate == "mean_prob")
+        return S
 
     def predict(self, x, n_threads=None):
         """(batch,) predicted class (argmax of the aggregate scores; ties -> lowest class)."""
@@ -267,6 +292,7 @@ class Network:
                              f"{self.aggregate!r} (use sparsefan.certify.l0_radius)")
         max_l0 = check_int(max_l0, "max_l0", 0)
         S = agg.mean_logits(self.unit_logits(x, n_threads))  # (C, B) float64, checks x
+        self._refuse_overflow(None, S.T)
         K, cum = certify.certificate_tables(self, max_l0)
         B = S.shape[1]
         classes, l0 = np.empty(B, np.int64), np.empty(B, np.int64)

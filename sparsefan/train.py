@@ -83,8 +83,16 @@ class TrainConfig:
             raise ValueError(f"validation must be a fraction in [0, 1), got {self.validation}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ValueError(f"weight_decay must be >= 0 and finite, got {self.weight_decay}")
+        if not (0.0 <= self.momentum < 1.0):
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not (self.warmup_epochs >= 0 and math.isfinite(self.warmup_epochs)):
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        for name in ("aggregate_loss", "unit_loss"):
+            v = getattr(self, name)
+            if v is not None and not (v >= 0 and math.isfinite(v)):
+                raise ValueError(f"{name} must be None or a finite weight >= 0, got {v}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
         if not (self.l2_epsilon >= 0 and math.isfinite(self.l2_epsilon)):
@@ -271,6 +279,8 @@ def train(network, x, y, config=None, x_val=None, y_val=None, checkpoint=None, r
         raise TypeError(f"network must be a sparsefan Network, got {type(network).__name__}")
     config = config or TrainConfig()
     aw, uw = config.loss_weights(network.aggregate)
+    if checkpoint is not None:  # before any work: a bad path fails now, not after an epoch
+        sfio.check_output_path(checkpoint, "checkpoint")
     x = as_float_inputs(x)
     y = np.asarray(y)
     if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
