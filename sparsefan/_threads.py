@@ -57,7 +57,7 @@ def default_n_threads():
 
 
 MAX_THREADS_PER_CPU = 4  # more threads than this per usable CPU only add overhead
-MIN_THREAD_CAP = 64
+MIN_THREAD_CAP = 16
 
 
 def max_threads():
@@ -71,7 +71,7 @@ def resolve_n_threads(n_threads, name="n_threads"):
 
     None -> ``OMP_NUM_THREADS`` or the usable CPU count; a positive int is taken as is;
     a negative int counts back from the usable count (-1 = all, -2 = all but one; at least 1);
-    0 is an error. Counts above :func:`max_threads` (4 per usable CPU, at least 64) are capped
+    0 is an error. Counts above :func:`max_threads` (4 per usable CPU, at least 16) are capped
     there with a RuntimeWarning: OpenMP would try to allocate a stack per thread and abort the process.
     Results do not depend on the count. Without OpenMP the kernels run on one thread.
     """

@@ -77,6 +77,12 @@ class FanIn:
         self.connectivity = connectivity
         self.c_in = check_int(c_in, "c_in", 1)
         self.c_out = check_int(c_out, "c_out", 1)
+        for what, size in (("weight", connectivity.nnz * self.c_in * self.c_out),
+                           ("bias", connectivity.n_out * self.c_out),
+                           ("input", connectivity.n_in * self.c_in)):
+            if size > MAX_ELEMENTS:  # Python ints: checked before any allocation
+                raise ValueError(f"c_in={self.c_in}, c_out={self.c_out}: the {what} would hold "
+                                 f"{size} values, more than {MAX_ELEMENTS}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         if activation == "maxmin" and self.c_out % 2:
@@ -410,6 +416,7 @@ def _maxmin_backward(zt, dyt):
     return out
 
 
+MAX_ELEMENTS = 2**31 - 1  # per weight, bias or example: beyond any layer this engine runs
 MAX_ABS_PARAMETER = 1e15  # beyond it float32 sums of products overflow on ordinary inputs
 
 
