@@ -4,15 +4,21 @@
  */
 #include "sf_runtime.h"
 
+#include <float.h>
+#include <limits.h>
 #include <math.h>
 #include <stddef.h>
 
+/* The non-finite test reads a float's bits: it needs IEEE-754 binary32 floats. */
+typedef char sf_float_is_binary32[(sizeof(float) == sizeof(uint32_t) && FLT_RADIX == 2
+                                   && FLT_MANT_DIG == 24 && FLT_MAX_EXP == 128) ? 1 : -1];
+
 /* Where each piece lives in the caller's scratch area (byte offsets). */
 typedef struct {
-    uint32_t buf[2];     /* the two activation buffers, used in turn */
-    uint32_t logits;     /* the float logits [M][C] */
-    uint32_t scores;     /* C floats */
-    uint32_t total;      /* bytes */
+    size_t buf[2];       /* the two activation buffers, used in turn */
+    size_t logits;       /* the float logits [M][C] */
+    size_t scores;       /* C floats */
+    size_t total;        /* bytes, at most UINT32_MAX (the type of sf_model.scratch_bytes) */
 } sf_plan;
 
 static uint32_t load_index(const void *table, uint32_t bytes, uint32_t i)
@@ -24,12 +30,47 @@ static uint32_t load_index(const void *table, uint32_t bytes, uint32_t i)
     return ((const uint32_t *)table)[i];
 }
 
-static uint32_t round_up4(uint32_t n)
+/* ------------------------------------------------------------------------------------------ */
+/* size arithmetic: every size the runtime derives from a descriptor is computed in size_t by  */
+/* these helpers, which return 0 instead of wrapping around                                    */
+
+/* *r = a + b; 0 if that overflows size_t */
+static int add_size(size_t a, size_t b, size_t *r)
 {
-    return (n + 3u) & ~(uint32_t)3u;
+    if (b > SIZE_MAX - a)
+        return 0;
+    *r = a + b;
+    return 1;
 }
 
-static uint32_t max_u32(uint32_t a, uint32_t b)
+/* *r = a * b * c; 0 if that overflows size_t (or a or b does not fit it) */
+static int product(uint32_t a, uint32_t b, size_t c, size_t *r)
+{
+    size_t n;
+#if SIZE_MAX < UINT32_MAX
+    if (a > SIZE_MAX || b > SIZE_MAX)
+        return 0;
+#endif
+    n = (size_t)a;
+    if (b != 0u && n > SIZE_MAX / b)
+        return 0;
+    n *= b;
+    if (c != 0u && n > SIZE_MAX / c)
+        return 0;
+    *r = n * c;
+    return 1;
+}
+
+/* *r = n rounded up to a multiple of 4; 0 if that overflows size_t */
+static int round_up4(size_t n, size_t *r)
+{
+    if (!add_size(n, 3u, r))
+        return 0;
+    *r &= ~(size_t)3u;
+    return 1;
+}
+
+static size_t max_size(size_t a, size_t b)
 {
     return a > b ? a : b;
 }
@@ -49,11 +90,13 @@ static int8_t quantize(float v)
     return 0;
 }
 
-/* Check the descriptor chain and lay out the scratch area. */
+/* Check the descriptor chain and lay out the scratch area: SF_OK, SF_ERR_MODEL (inconsistent
+ * shapes, a NULL table, a bad index width) or SF_ERR_SIZE (a size that overflows). */
 static int plan_scratch(const sf_model *m, sf_plan *p)
 {
     const uint32_t L = m->n_layers;
-    uint32_t need[2] = {0u, 0u};
+    size_t need[2] = {0u, 0u};
+    size_t bytes;
     uint32_t i;
     const sf_layer *first, *last;
 
@@ -70,34 +113,57 @@ static int plan_scratch(const sf_model *m, sf_plan *p)
             return SF_ERR_MODEL;
         if ((l->indptr_bytes != 1u && l->indptr_bytes != 2u && l->indptr_bytes != 4u)
             || (l->index_bytes != 1u && l->index_bytes != 2u && l->index_bytes != 4u)
-            || l->indptr == NULL || l->bias == NULL)
+            || l->indptr == NULL || l->indices == NULL || l->bias == NULL)
             return SF_ERR_MODEL;
         if (m->quantized ? (l->qweight == NULL || l->multiplier == NULL) : l->weight == NULL)
             return SF_ERR_MODEL;
+        /* a connection's weight block [c_in][c_out]: the layer loop indexes the weights by
+         * p * c_in * c_out, which then stays below the size of the weight table */
+        if (!product(l->c_in, l->c_out, m->quantized ? sizeof(int8_t) : sizeof(float), &bytes))
+            return SF_ERR_SIZE;
     }
+#if INT_MAX < UINT32_MAX / 4u
+    /* a 16-bit int: sf_classify returns the class as an int */
+    if (m->n_classes > (uint32_t)INT_MAX)
+        return SF_ERR_SIZE;
+#endif
     if (!m->quantized) {
         /* layer i reads buffer (i + 1) % 2 (the first reads the input) and writes buffer i % 2 */
-        for (i = 0; i < L; ++i)
-            need[i % 2u] = max_u32(need[i % 2u], m->layers[i].n_out * m->layers[i].c_out * 4u);
+        for (i = 0; i < L; ++i) {
+            if (!product(m->layers[i].n_out, m->layers[i].c_out, sizeof(float), &bytes))
+                return SF_ERR_SIZE;
+            need[i % 2u] = max_size(need[i % 2u], bytes);
+        }
         p->buf[0] = 0u;
         p->buf[1] = need[0];
         p->logits = p->buf[(L - 1u) % 2u];
-        p->scores = need[0] + need[1];
-        p->total = p->scores + m->n_classes * 4u;
+        if (!add_size(need[0], need[1], &p->scores)
+            || !product(m->n_classes, 1u, sizeof(float), &bytes)
+            || !add_size(p->scores, bytes, &p->total))
+            return SF_ERR_SIZE;
     } else {
         /* int8 activation a_0 (the quantized input) sits in buffer 0; layer i reads buffer
          * i % 2 and writes a_{i+1} to buffer (i + 1) % 2, except the last, which writes the
          * float logits */
-        need[0] = m->n_in;
-        for (i = 0; i + 1u < L; ++i)
-            need[(i + 1u) % 2u] = max_u32(need[(i + 1u) % 2u],
-                                          m->layers[i].n_out * m->layers[i].c_out);
+        if (!product(m->n_in, 1u, sizeof(int8_t), &need[0]))
+            return SF_ERR_SIZE;
+        for (i = 0; i + 1u < L; ++i) {
+            if (!product(m->layers[i].n_out, m->layers[i].c_out, sizeof(int8_t), &bytes))
+                return SF_ERR_SIZE;
+            need[(i + 1u) % 2u] = max_size(need[(i + 1u) % 2u], bytes);
+        }
         p->logits = 0u;
-        p->scores = m->n_units * m->n_classes * 4u;
-        p->buf[0] = p->scores + m->n_classes * 4u;
-        p->buf[1] = p->buf[0] + round_up4(need[0]);
-        p->total = p->buf[1] + round_up4(need[1]);
+        if (!product(m->n_units, m->n_classes, sizeof(float), &p->scores)
+            || !product(m->n_classes, 1u, sizeof(float), &bytes)
+            || !add_size(p->scores, bytes, &p->buf[0])
+            || !round_up4(need[0], &bytes) || !add_size(p->buf[0], bytes, &p->buf[1])
+            || !round_up4(need[1], &bytes) || !add_size(p->buf[1], bytes, &p->total))
+            return SF_ERR_SIZE;
     }
+#if SIZE_MAX > UINT32_MAX
+    if (p->total > UINT32_MAX)
+        return SF_ERR_SIZE;
+#endif
     return SF_OK;
 }
 
@@ -106,7 +172,7 @@ uint32_t sf_scratch_bytes(const sf_model *model)
     sf_plan p;
     if (model == NULL || plan_scratch(model, &p) != SF_OK)
         return 0u;
-    return p.total;
+    return (uint32_t)p.total;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -246,8 +312,42 @@ static void aggregate(const sf_model *m, const float *Z, float *scores)
 /* ------------------------------------------------------------------------------------------ */
 /* entry points                                                                                 */
 
-static int prepare(const sf_model *model, const void *input, const void *out, void *scratch,
-                   sf_plan *p)
+/* 1 if every one of the n floats is finite. The test reads the bits (exponent all ones: NaN or
+ * +-Inf) rather than calling isfinite(), which -ffast-math, common in embedded builds, lets the
+ * compiler fold to "always finite". */
+static int all_finite(const float *x, uint32_t n)
+{
+    uint32_t i;
+    for (i = 0; i < n; ++i) {
+        union {
+            float f;
+            uint32_t u;
+        } v;
+        v.f = x[i];
+        if ((v.u & 0x7f800000u) == 0x7f800000u)
+            return 0;
+    }
+    return 1;
+}
+
+/* The certificates must fit the model: a float32 mean_logits model with as many classes, and
+ * R small enough for the int32_t l0 radius; cum[C][C][R + 1] must fit size_t. */
+static int check_certificates(const sf_model *m, const sf_certificates *cert)
+{
+    size_t bytes;
+    if (m->quantized || m->aggregate != SF_MEAN_LOGITS || cert->n_classes != m->n_classes
+        || cert->max_l0 > (uint32_t)INT32_MAX)
+        return SF_ERR_MODEL;
+    if (!product(cert->n_classes, cert->n_classes, sizeof(float), &bytes)
+        || !product(cert->max_l0 + 1u, 1u, bytes, &bytes))
+        return SF_ERR_SIZE;
+    return SF_OK;
+}
+
+/* Every check an entry point makes, before any work, in this order: the arguments (NULL,
+ * alignment), the model (and cert, unless NULL), then the input's values. */
+static int prepare(const sf_model *model, const sf_certificates *cert, const float *input,
+                   const void *out, void *scratch, sf_plan *p)
 {
     int err;
     if (model == NULL || input == NULL || out == NULL || scratch == NULL)
@@ -259,6 +359,13 @@ static int prepare(const sf_model *model, const void *input, const void *out, vo
         return err;
     if (p->total != model->scratch_bytes)
         return SF_ERR_MODEL;
+    if (cert != NULL) {
+        err = check_certificates(model, cert);
+        if (err != SF_OK)
+            return err;
+    }
+    if (!all_finite(input, model->n_in))
+        return SF_ERR_NONFINITE;
     return SF_OK;
 }
 
@@ -267,7 +374,7 @@ int sf_logits(const sf_model *model, const float *input, float *logits, void *sc
     sf_plan p;
     const float *Z;
     size_t i, n;
-    int err = prepare(model, input, logits, scratch, &p);
+    int err = prepare(model, NULL, input, logits, scratch, &p);
     if (err != SF_OK)
         return err;
     Z = run_layers(model, &p, input, (unsigned char *)scratch);
@@ -280,7 +387,7 @@ int sf_logits(const sf_model *model, const float *input, float *logits, void *sc
 int sf_predict(const sf_model *model, const float *input, float *scores, void *scratch)
 {
     sf_plan p;
-    int err = prepare(model, input, scores, scratch, &p);
+    int err = prepare(model, NULL, input, scores, scratch, &p);
     if (err != SF_OK)
         return err;
     aggregate(model, run_layers(model, &p, input, (unsigned char *)scratch), scores);
@@ -313,12 +420,10 @@ int sf_predict_certified(const sf_model *model, const sf_certificates *cert, con
     if (cert == NULL || label == NULL || l2_radius == NULL || l0_radius == NULL ||
         cert->K == NULL || cert->cum == NULL)
         return SF_ERR_NULL;
-    err = prepare(model, input, scratch, scratch, &p);
+    err = prepare(model, cert, input, scratch, scratch, &p);
     if (err != SF_OK)
         return err;
     C = model->n_classes;
-    if (model->quantized || model->aggregate != SF_MEAN_LOGITS || cert->n_classes != C)
-        return SF_ERR_MODEL;
     scores = (float *)(void *)((unsigned char *)scratch + p.scores);
     aggregate(model, run_layers(model, &p, input, (unsigned char *)scratch), scores);
     y = argmax(scores, C);
@@ -334,8 +439,8 @@ int sf_predict_certified(const sf_model *model, const sf_certificates *cert, con
         if (!have || r < best2)
             best2 = r;
         have = 1;
-        r0 = last_below(cert->cum + ((size_t)y * C + c) * (cert->max_l0 + 1u), cert->max_l0, m,
-                        y < c);
+        r0 = last_below(cert->cum + ((size_t)y * C + c) * ((size_t)cert->max_l0 + 1u),
+                        cert->max_l0, m, y < c);
         if (r0 < best0)
             best0 = r0;
     }
@@ -349,7 +454,7 @@ int sf_classify(const sf_model *model, const float *input, void *scratch)
 {
     sf_plan p;
     float *scores;
-    int err = prepare(model, input, scratch, scratch, &p);
+    int err = prepare(model, NULL, input, scratch, scratch, &p);
     if (err != SF_OK)
         return err;
     scores = (float *)(void *)((unsigned char *)scratch + p.scores);

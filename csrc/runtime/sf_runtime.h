@@ -45,11 +45,31 @@
 extern "C" {
 #endif
 
-/* Return codes (class-returning functions return a class >= 0 or one of these). */
+/* Return codes (class-returning functions return a class >= 0 or one of these).
+ *
+ * Every entry point makes all its checks before any work, in this order: NULL arguments,
+ * scratch alignment, the descriptor (and the certificates), then the input's values. On an
+ * error nothing is written to the outputs or the scratch area.
+ *
+ * Non-finite inputs: an input value that is NaN (any payload or sign), +Inf or -Inf makes every
+ * entry point (sf_logits, sf_predict, sf_classify, sf_predict_certified; float32 and int8
+ * models alike) return SF_ERR_NONFINITE, as sparsefan's Python engine raises ValueError. The
+ * test reads the float's bits, so it holds under -ffast-math too. Finite inputs are accepted
+ * whatever their magnitude: a huge one may still overflow to infinite scores, as in the engine.
+ *
+ * Descriptors: the runtime checks the descriptor's shapes, index widths and every pointer it
+ * dereferences (SF_ERR_MODEL), and computes every size in size_t with overflow checks
+ * (SF_ERR_SIZE: a size overflows size_t, or the scratch exceeds UINT32_MAX bytes). It trusts
+ * the tables' contents, as it cannot see their lengths: indptr has n_out + 1 entries,
+ * non-decreasing from 0; every index is below n_in; a weight table holds indptr[n_out] blocks
+ * of [c_in][c_out]. */
 #define SF_OK 0
 #define SF_ERR_NULL (-1)      /* a pointer argument is NULL */
 #define SF_ERR_ALIGN (-2)     /* scratch is not aligned for float (4 bytes) */
-#define SF_ERR_MODEL (-3)     /* the model descriptor is inconsistent */
+#define SF_ERR_MODEL (-3)     /* the model descriptor (or certificates) is inconsistent,
+                                 or one of its table pointers is NULL */
+#define SF_ERR_NONFINITE (-4) /* an input value is NaN, +Inf or -Inf */
+#define SF_ERR_SIZE (-5)      /* a size the descriptor implies overflows (see above) */
 
 /* Aggregations (sparsefan.aggregate). */
 #define SF_MEAN_LOGITS 0
@@ -83,19 +103,23 @@ typedef struct {
     const sf_layer *layers;     /* [n_layers] */
 } sf_model;
 
-/* Bytes of scratch memory the model needs (0 if the model is malformed):
+/* Bytes of scratch memory the model needs; 0 if the descriptor is inconsistent or its sizes
+ * overflow (the entry points below then return SF_ERR_MODEL or SF_ERR_SIZE, telling which):
  *   float32 models: two activation buffers used in turn, then C floats for the scores;
  *   int8 models:    the float logits [M][C], C floats for the scores, then two int8 buffers.
  * The scratch pointer passed below must be aligned for float (4 bytes). */
 uint32_t sf_scratch_bytes(const sf_model *model);
 
-/* logits[M][C] = every output unit's class scores for one example input[n_in]. */
+/* logits[M][C] = every output unit's class scores for one example input[n_in].
+ * Returns SF_OK or SF_ERR_* (SF_ERR_NONFINITE for a NaN or infinite input value). */
 int sf_logits(const sf_model *model, const float *input, float *logits, void *scratch);
 
-/* scores[C] = the aggregate of the logits for one example input[n_in]. */
+/* scores[C] = the aggregate of the logits for one example input[n_in].
+ * Returns SF_OK or SF_ERR_* (SF_ERR_NONFINITE for a NaN or infinite input value). */
 int sf_predict(const sf_model *model, const float *input, float *scores, void *scratch);
 
-/* The predicted class (argmax of the scores, ties -> lowest), or a negative SF_ERR_* code. */
+/* The predicted class (argmax of the scores, ties -> lowest), or a negative SF_ERR_* code
+ * (SF_ERR_NONFINITE for a NaN or infinite input value). */
 int sf_classify(const sf_model *model, const float *input, void *scratch);
 
 /* The constants of the certificates of a float32 mean_logits model, computed by sparsefan from
@@ -104,7 +128,7 @@ int sf_classify(const sf_model *model, const float *input, void *scratch);
  *   cum[y][c][r]  the sum of the r largest per-pixel influence bounds of that margin, r = 0..R. */
 typedef struct {
     uint32_t n_classes;         /* C, as the model's */
-    uint32_t max_l0;            /* R */
+    uint32_t max_l0;            /* R, at most INT32_MAX */
     const float *K;             /* [C][C] */
     const float *cum;           /* [C][C][R + 1] */
 } sf_certificates;
@@ -112,7 +136,8 @@ typedef struct {
 /* The predicted class of input[n_in] with its certificates: no perturbation of L2 norm below
  * *l2_radius, and no change of at most *l0_radius pixels (inputs in [0, 1]), changes the class.
  * As sparsefan's Network.predict_certified, to float32 rounding. Returns SF_OK or SF_ERR_*
- * (SF_ERR_MODEL for an int8 or non-mean_logits model, or certificates of another shape). */
+ * (SF_ERR_MODEL for an int8 or non-mean_logits model, or certificates of another shape;
+ * SF_ERR_NONFINITE for a NaN or infinite input value). */
 int sf_predict_certified(const sf_model *model, const sf_certificates *cert, const float *input,
                          int32_t *label, float *l2_radius, int32_t *l0_radius, void *scratch);
 
