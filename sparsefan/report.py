@@ -89,6 +89,7 @@ def evaluate_model(net, x, y, rs_budgets=(5, 10, 20), rs_queries=100, ddn_steps=
     cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
     out["train_seconds"] = meta.get("train_seconds")
     out["trained_l2_epsilon"] = cfg.get("l2_epsilon", 0.0)
+    out["trained_l0_radius"] = cfg.get("l0_radius", 0)
     return out
 
 
@@ -132,7 +133,8 @@ def write_report(results, out_dir, command):
         c0 = r["certified_l0"]
         cl2 = r.get("certified_l2", {})
         eps = r.get("trained_l2_epsilon") or 0.0
-        trained = f"L2 eps {eps:g}" if eps else "accuracy"
+        r0 = r.get("trained_l0_radius") or 0
+        trained = f"L2 eps {eps:g}" if eps else f"L0 {r0} px" if r0 else "accuracy"
         secs = r.get("train_seconds")
         ttime = "n/a" if secs is None else f"{secs / 60:.1f} min"
         lines.append(
