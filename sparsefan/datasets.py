@@ -6,6 +6,11 @@ variable, and the cache directory ``$XDG_CACHE_HOME/sparsefan/mnist`` (default
 ``~/.cache/sparsefan/mnist``). Each of the four standard files may be gzip-compressed
 (``*.gz``) or raw; known files are verified against their SHA-256.
 
+``read_idx`` treats every file as untrusted: sizes are checked, with exact integer arithmetic,
+against ``MAX_IDX_BYTES`` and the real file size before anything is allocated; gzip input is
+decompressed as a stream, never beyond the size its header declares; every failure is a
+``DatasetError`` naming the file. Downloads are capped at ``MAX_DOWNLOAD_BYTES``.
+
 The embedded subset (``load_embedded``) ships inside the package: the first 10,000 training and
 the first 2,000 test images of MNIST (uint8, 28x28), about 2 MB compressed. It is chosen over
 scikit-learn's 8x8 digits because it is the same data format and resolution as the full
@@ -16,10 +21,16 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
+import math
 import os
-import shutil
+import stat
+import struct
+import sys
 import tempfile
 import urllib.request
+import zipfile
+import zlib
 from importlib import resources
 
 import numpy as np
@@ -43,70 +54,180 @@ KNOWN_SHA256 = {
 }
 DEFAULT_MIRROR = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 
+# Limits for untrusted files. Every size is computed with Python ints (no wrap-around) and
+# checked against these caps, and against the file's real size, before anything is allocated.
+MAX_IDX_BYTES = 1 << 30
+"""Largest IDX data section ``read_idx`` accepts by default (1 GiB; the largest MNIST file holds
+47 MB, EMNIST's largest 547 MB). Pass ``max_bytes=`` to raise or lower it per call."""
+MAX_IDX_NDIM = 32
+"""Most dimensions an IDX header may declare (NumPy 1.x's limit; the format allows 255)."""
+MAX_DOWNLOAD_BYTES = 64 << 20
+"""Largest file ``download_mnist`` accepts from a mirror (the largest MNIST .gz is 9.9 MB)."""
+# Deflate's maximum expansion is 1032:1 (two bits per 258-byte match), so a gzip file of n bytes
+# decompresses to at most 1032 * n bytes: a header claiming more is rejected unread.
+_GZIP_MAX_RATIO = 1032
+_CHUNK = 1 << 20  # read granularity: memory grows with the data actually delivered, by this much
+
 # IDX type codes -> big-endian numpy dtypes
 _IDX_TYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
-_MAX_IDX_BYTES = 1 << 34
+# The embedded subset's members, as the module docstring promises them (uint8, C order).
+_EMBEDDED = "data/mnist_subset.npz"
+_EMBEDDED_SHAPES = {"x_train": (10000, 28, 28), "y_train": (10000,),
+                    "x_test": (2000, 28, 28), "y_test": (2000,)}
+# What reading an untrusted file can raise besides DatasetError (gzip.BadGzipFile is an OSError).
+_READ_ERRORS = (OSError, EOFError, zlib.error, struct.error, OverflowError)
 
 
 class DatasetError(ValueError):
     """A dataset file is missing, truncated, corrupt or fails its checksum."""
 
 
-def _sha256(path):
+def _describe(e):
+    """``zlib.error: ...``, ``gzip.BadGzipFile: ...``, ``OSError: ...``."""
+    kind = type(e)
+    name = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+    return f"{name}: {e}"
+
+
+def _hash_stream(f):
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    for block in iter(lambda: f.read(_CHUNK), b""):
+        h.update(block)
     return h.hexdigest()
 
 
-def read_idx(path, sha256=None):
+def _sha256(path):
+    with open(path, "rb") as f:
+        return _hash_stream(f)
+
+
+def _read_at_most(f, n):
+    """Up to ``n`` bytes from ``f`` (fewer only at end of stream), as a writable bytearray.
+    Read in chunks, so memory follows what the stream delivers, never what a header claims."""
+    buf = bytearray()
+    while len(buf) < n:
+        block = f.read(min(_CHUNK, n - len(buf)))
+        if not block:
+            break
+        buf += block
+    return buf
+
+
+def _open_regular(path):
+    """Open ``path`` for reading if it is a regular file (never blocking on a FIFO or device);
+    returns (file object, size in bytes)."""
+    flags = (os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
+             | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no such file") from None
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot open ({e.strerror or e})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise DatasetError(f"{path}: not a regular file")
+        return os.fdopen(fd, "rb"), st.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_idx(path, sha256=None, max_bytes=None):
     """Read an IDX file (gzip-compressed or raw) into a numpy array.
 
-    Verifies the magic number, the type code, that the data size matches the header's
-    dimensions exactly (no truncation, no trailing bytes) and the SHA-256 of the file as stored
-    — ``sha256`` if given, else the known checksum for the standard MNIST file names.
+    Safe for untrusted files: verifies the magic number, the type code, the number of dimensions
+    (1..``MAX_IDX_NDIM``), that the data size the header declares is at most ``max_bytes``
+    (default ``MAX_IDX_BYTES``) and fits the file — checked before anything is allocated — and
+    that the data matches the header's dimensions exactly (no truncation, no trailing bytes).
+    A gzip file is decompressed as a stream and never past the size its header declares.
+    Also verifies the SHA-256 of the file as stored — ``sha256`` if given, else the known
+    checksum for the standard MNIST file names. Every failure is a :class:`DatasetError` naming
+    the file.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise DatasetError(f"{path}: no such file")
+    limit = MAX_IDX_BYTES if max_bytes is None else int(max_bytes)
     expected = sha256 or KNOWN_SHA256.get(os.path.basename(path))
-    if expected is not None:
-        got = _sha256(path)
-        if got != expected:
-            raise DatasetError(f"{path}: SHA-256 mismatch (expected {expected}, got {got}); "
-                               "the file is corrupt or not the canonical one")
-    with open(path, "rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
+    f, size = _open_regular(path)
     try:
-        opener = gzip.open if gz else open
-        with opener(path, "rb") as f:
-            head = f.read(4)
-            if len(head) < 4 or head[0] != 0 or head[1] != 0:
-                raise DatasetError(f"{path}: not an IDX file (bad magic number)")
-            code, ndim = head[2], head[3]
-            if code not in _IDX_TYPES:
-                raise DatasetError(f"{path}: unknown IDX type code 0x{code:02x}")
-            if ndim < 1:
-                raise DatasetError(f"{path}: IDX file with no dimensions")
-            dims_raw = f.read(4 * ndim)
-            if len(dims_raw) < 4 * ndim:
-                raise DatasetError(f"{path}: truncated IDX header")
-            dims = tuple(int(d) for d in np.frombuffer(dims_raw, dtype=">u4"))
-            dtype = _IDX_TYPES[code]
-            nbytes = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-            if nbytes > _MAX_IDX_BYTES:
-                raise DatasetError(f"{path}: header claims {nbytes} bytes of data")
-            data = f.read(nbytes)
-            if len(data) != nbytes:
-                raise DatasetError(f"{path}: truncated: header promises {nbytes} bytes of data, "
-                                   f"found {len(data)}")
-            if f.read(1):
-                raise DatasetError(f"{path}: trailing bytes after the data")
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise DatasetError(f"{path}: unreadable ({e})") from None
-    return np.frombuffer(data, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
+        with f:
+            if expected is not None:
+                got = _hash_stream(f)
+                if got != expected.lower():
+                    raise DatasetError(f"{path}: SHA-256 mismatch (expected {expected}, got "
+                                       f"{got}); the file is corrupt or not the canonical one")
+                f.seek(0)
+            gz = f.read(2) == b"\x1f\x8b"
+            f.seek(0)
+            if not gz:
+                return _parse_idx(f, path, limit, raw_size=size)
+            with gzip.GzipFile(fileobj=f, mode="rb") as g:
+                return _parse_idx(g, path, limit, gz_size=size)
+    except DatasetError:
+        raise
+    except MemoryError:
+        raise DatasetError(f"{path}: not enough memory to read it") from None
+    except EOFError as e:  # gzip: the compressed stream or its trailer is cut short
+        raise DatasetError(f"{path}: truncated gzip stream ({e})") from None
+    except _READ_ERRORS as e:
+        raise DatasetError(f"{path}: unreadable ({_describe(e)})") from None
+
+
+def _parse_idx(f, path, limit, raw_size=None, gz_size=None):
+    head = f.read(4)
+    if not head or head[:2] != b"\0\0"[:len(head)]:
+        raise DatasetError(f"{path}: not an IDX file (bad magic number)")
+    if len(head) < 4:
+        raise DatasetError(f"{path}: truncated IDX header ({len(head)} bytes)")
+    code, ndim = head[2], head[3]
+    if code not in _IDX_TYPES:
+        raise DatasetError(f"{path}: unknown IDX type code 0x{code:02x}")
+    if ndim < 1:
+        raise DatasetError(f"{path}: IDX file with no dimensions")
+    if ndim > MAX_IDX_NDIM:
+        raise DatasetError(f"{path}: IDX header declares {ndim} dimensions, more than "
+                           f"{MAX_IDX_NDIM}")
+    dims_raw = f.read(4 * ndim)
+    if len(dims_raw) < 4 * ndim:
+        raise DatasetError(f"{path}: truncated IDX header")
+    dims = struct.unpack(f">{ndim}I", dims_raw)
+    dtype = _IDX_TYPES[code]
+    header = 4 + 4 * ndim
+    nbytes = math.prod(dims) * dtype.itemsize  # exact: Python ints do not wrap
+    if nbytes > limit:
+        raise DatasetError(f"{path}: header declares dimensions {dims} of {dtype.itemsize}-byte "
+                           f"values, {nbytes} bytes of data: more than the limit of {limit} "
+                           "bytes (max_bytes / MAX_IDX_BYTES)")
+    # NumPy refuses a shape whose nonzero dimensions overflow intp even when one of them is 0
+    if math.prod(d for d in dims if d) * dtype.itemsize > sys.maxsize:
+        raise DatasetError(f"{path}: dimensions {dims} are too large for an array")
+    if raw_size is not None and raw_size != header + nbytes:
+        if raw_size < header + nbytes:
+            raise DatasetError(f"{path}: truncated: header promises {nbytes} bytes of data, "
+                               f"found {raw_size - header}")
+        raise DatasetError(f"{path}: trailing bytes after the data "
+                           f"({raw_size - header - nbytes} bytes)")
+    if gz_size is not None and header + nbytes > _GZIP_MAX_RATIO * gz_size:
+        raise DatasetError(f"{path}: truncated: header promises {nbytes} bytes of data, more "
+                           f"than a {gz_size}-byte gzip file can hold")
+    data = _read_at_most(f, nbytes)
+    if len(data) != nbytes:
+        raise DatasetError(f"{path}: truncated: header promises {nbytes} bytes of data, "
+                           f"found {len(data)}")
+    try:
+        extra = f.read(1)  # for gzip, reading to the end also verifies the CRC and length
+    except gzip.BadGzipFile as e:
+        if "Not a gzipped file" not in str(e):
+            raise
+        extra = None
+    if extra is None:
+        raise DatasetError(f"{path}: trailing bytes after the gzip stream")
+    if extra:
+        raise DatasetError(f"{path}: trailing bytes after the data")
+    arr = np.frombuffer(data, dtype=dtype).reshape(dims)
+    return arr.astype(dtype.newbyteorder("="), copy=False)
 
 
 def cache_dir():
@@ -122,29 +243,86 @@ def _find(directory, stem):
     return None
 
 
+def _fsync_dir(directory):
+    """Make a rename in ``directory`` durable (where the platform allows opening directories)."""
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def _is_cached(path, expected):
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_DOWNLOAD_BYTES:
+            return False
+        return _sha256(path) == expected
+    except OSError:
+        return False
+
+
+def _download(url, dest, expected):
+    """Fetch ``url`` into ``dest`` atomically: stream at most ``MAX_DOWNLOAD_BYTES`` into a
+    temporary file in the same directory while hashing, check the SHA-256, flush and fsync, then
+    rename over ``dest`` and fsync the directory. On any failure ``dest`` is left untouched."""
+    directory = os.path.dirname(os.path.abspath(dest))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    except OSError as e:
+        raise DatasetError(f"{directory}: cannot write the download ({e})") from None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            h, n = hashlib.sha256(), 0
+            try:
+                with urllib.request.urlopen(url, timeout=60) as src:
+                    for block in iter(lambda: src.read(_CHUNK), b""):
+                        n += len(block)
+                        if n > MAX_DOWNLOAD_BYTES:
+                            raise DatasetError(f"{url}: more than {MAX_DOWNLOAD_BYTES} bytes; "
+                                               "not an MNIST file")
+                        h.update(block)
+                        out.write(block)
+                out.flush()
+                os.fsync(out.fileno())
+            except DatasetError:
+                raise
+            except (OSError, ValueError, http.client.HTTPException) as e:  # URLError: OSError
+                raise DatasetError(f"{url}: download failed ({_describe(e)})") from None
+        got = h.hexdigest()
+        if got != expected:
+            raise DatasetError(f"{url}: SHA-256 mismatch (expected {expected}, got {got})")
+        try:
+            os.replace(tmp, dest)
+        except OSError as e:
+            raise DatasetError(f"{dest}: cannot store the download ({e})") from None
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
 def download_mnist(directory=None, mirror=DEFAULT_MIRROR):
     """Download the four gzip files from ``mirror`` (any URL urllib opens, file:// included)
-    into ``directory`` (default: the cache), verifying each SHA-256; each file is written
-    atomically. Returns the directory."""
+    into ``directory`` (default: the cache), verifying each SHA-256 and refusing files over
+    ``MAX_DOWNLOAD_BYTES``; each file is written atomically (fsynced, then renamed). Files already
+    there with the right checksum are kept. Returns the directory."""
     directory = directory or cache_dir()
-    os.makedirs(directory, exist_ok=True)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise DatasetError(f"{directory}: cannot create the download directory ({e})") from None
     for stem in MNIST_FILES.values():
         name = stem + ".gz"
         dest = os.path.join(directory, name)
-        if os.path.isfile(dest) and _sha256(dest) == KNOWN_SHA256[name]:
-            continue
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(mirror + name,
-                                                                    timeout=60) as src:
-                shutil.copyfileobj(src, out)
-            got = _sha256(tmp)
-            if got != KNOWN_SHA256[name]:
-                raise DatasetError(f"{mirror}{name}: SHA-256 mismatch (got {got})")
-            os.replace(tmp, dest)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        if not _is_cached(dest, KNOWN_SHA256[name]):
+            _download(mirror + name, dest, KNOWN_SHA256[name])
     return directory
 
 
@@ -175,12 +353,65 @@ def load_mnist(path=None, download=False, mirror=DEFAULT_MIRROR):
             arrays["test_labels"])
 
 
+def _npy_member(z, name, shape, where):
+    """Member ``name``.npy of the open zip ``z`` as a uint8 array of ``shape``: header checked
+    (version, dtype, order, shape) against the zip's recorded size before the data is read."""
+    try:
+        info = z.getinfo(name + ".npy")
+    except KeyError:
+        raise DatasetError(f"{where}: member {name}.npy is missing") from None
+    nbytes = math.prod(shape)
+    if info.file_size > nbytes + (1 << 16):
+        raise DatasetError(f"{where}: {name}.npy is {info.file_size} bytes, too large for "
+                           f"a uint8 array of shape {shape}")
+    with z.open(info) as m:
+        version = np.lib.format.read_magic(m)
+        if version == (1, 0):
+            hshape, fortran, hdtype = np.lib.format.read_array_header_1_0(m)
+        elif version in ((2, 0), (3, 0)):
+            hshape, fortran, hdtype = np.lib.format.read_array_header_2_0(m)
+        else:
+            raise DatasetError(f"{where}: {name}.npy has unknown .npy version {version}")
+        if hdtype != np.uint8 or fortran or tuple(hshape) != shape:
+            raise DatasetError(f"{where}: {name}.npy must be a C-ordered uint8 array of shape "
+                               f"{shape}, got {hdtype} {tuple(hshape)}"
+                               f"{' (Fortran order)' if fortran else ''}")
+        if nbytes > info.file_size:
+            raise DatasetError(f"{where}: {name}.npy is truncated")
+        data = _read_at_most(m, nbytes)
+        if len(data) != nbytes:
+            raise DatasetError(f"{where}: {name}.npy is truncated")
+        if m.read(1):
+            raise DatasetError(f"{where}: {name}.npy has trailing bytes")
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+
+
 def load_embedded():
     """The embedded MNIST subset: (x_train (10000, 28, 28) uint8, y_train, x_test (2000, 28,
-    28), y_test). No file access outside the package, no download."""
-    with resources.files("sparsefan").joinpath("data/mnist_subset.npz").open("rb") as f:
-        with np.load(f, allow_pickle=False) as z:
-            return z["x_train"], z["y_train"], z["x_test"], z["y_test"]
+    28), y_test). No file access outside the package, no download. The archive is read with the
+    same checks as ``read_idx`` (shapes and sizes before reading, no pickles); a damaged copy is a
+    ``DatasetError``."""
+    return _read_subset(resources.files("sparsefan").joinpath(_EMBEDDED))
+
+
+def _read_subset(src):
+    """The four arrays of an MNIST-subset .npz (``src``: anything with ``open("rb")``)."""
+    where = str(src)
+    try:
+        with src.open("rb") as f, zipfile.ZipFile(f) as z:
+            out = [_npy_member(z, name, shape, where) for name, shape in _EMBEDDED_SHAPES.items()]
+    except DatasetError:
+        raise
+    except MemoryError:
+        raise DatasetError(f"{where}: not enough memory to read it") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, RuntimeError,
+            NotImplementedError) + _READ_ERRORS as e:
+        raise DatasetError(f"{where}: the embedded subset is unreadable "
+                           f"({_describe(e)})") from None
+    x, y, xt, yt = out
+    if y.max() > 9 or yt.max() > 9:
+        raise DatasetError(f"{where}: labels outside 0..9")
+    return x, y, xt, yt
 
 
 def load(name, path=None, download=False):
