@@ -13,7 +13,42 @@ ARCHS = ("direct", "hierarchy", "partition_ensemble", "dense_mlp")
 
 
 def _ints(text):
-    return tuple(int(v) for v in text.split(",") if v.strip())
+    """Comma-separated positive ints ("16" or "8,16"): an argparse type."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}")
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive ints, got {text!r}")
+    return values
+
+
+def _int_at_least(minimum):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int, got {text!r}")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    parse.__name__ = f"int >= {minimum}"
+    return parse
+
+
+def _threads(text):
+    """A thread count: a nonzero int (negative counts back from the CPU count)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int, got {text!r}")
+    if value == 0:
+        raise argparse.ArgumentTypeError("0 is not a thread count (use a positive or negative "
+                                         "int)")
+    return value
+
+
+_POSITIVE, _NONNEGATIVE = _int_at_least(1), _int_at_least(0)
 
 
 def build_network(args, input_shape, n_classes):
@@ -30,7 +65,7 @@ def build_network(args, input_shape, n_classes):
                                   aggregate=args.aggregate or "mean_logits",
                                   activation=args.activation, **common)
     if args.arch == "partition_ensemble":
-        return builders.partition_ensemble(part_size=args.fan_in or 13,
+        return builders.partition_ensemble(part_size=13 if args.fan_in is None else args.fan_in,
                                            hidden=args.hidden or (32,),
                                            aggregate=args.aggregate or "vote",
                                            activation=args.activation, **common)
@@ -45,7 +80,7 @@ def _add_data_args(p):
     p.add_argument("--data-dir", default=None, help="directory holding the MNIST IDX files")
     p.add_argument("--download", action="store_true",
                    help="download MNIST into the cache if it is not found (checksummed)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=_threads, default=None,
                    help="kernel threads (default: OMP_NUM_THREADS or all usable CPUs)")
 
 
@@ -60,9 +95,6 @@ def cmd_train(args):
     from sparsefan.train import TrainConfig, as_float_inputs, evaluate, train
 
     io.check_output_path(args.out, "--out")  # before minutes of training
-    x_train, y_train, x_test, y_test = _load(args)
-    net = build_network(args, x_train.shape[1:], int(y_train.max()) + 1)
-    print(net.summary())
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
                          lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
                          aggregate_loss=args.aggregate_loss, unit_loss=args.unit_loss,
@@ -70,6 +102,9 @@ def cmd_train(args):
                          n_threads=args.threads, l2_epsilon=args.l2_epsilon,
                          epsilon_ramp=args.epsilon_ramp, power_iterations=args.power_iterations,
                          l0_radius=args.l0_radius)
+    x_train, y_train, x_test, y_test = _load(args)
+    net = build_network(args, x_train.shape[1:], int(y_train.max()) + 1)
+    print(net.summary())
     result = train(net, x_train, y_train.astype(np.int64), config, checkpoint=args.checkpoint,
                    resume=args.resume, progress=not args.quiet)
     acc, loss = evaluate(net, as_float_inputs(x_test), y_test.astype(np.int64), args.threads)
@@ -292,9 +327,9 @@ def make_parser():
                        description="Build a network, train it, report test accuracy, save it.")
     _add_data_args(p)
     p.add_argument("--arch", choices=ARCHS, default="direct")
-    p.add_argument("--levels", type=int, default=2, help="hierarchy levels (default 2)")
-    p.add_argument("--units", type=int, default=None, help="output units (default 2N)")
-    p.add_argument("--fan-in", type=int, default=None,
+    p.add_argument("--levels", type=_POSITIVE, default=2, help="hierarchy levels (default 2)")
+    p.add_argument("--units", type=_POSITIVE, default=None, help="output units (default 2N)")
+    p.add_argument("--fan-in", type=_POSITIVE, default=None,
                    help="inputs per unit (default N^(2/3) direct, N^(1/L) hierarchy, "
                         "13 partition_ensemble)")
     p.add_argument("--wiring", choices=("gaussian", "partitions", "random"), default="gaussian")
@@ -305,8 +340,8 @@ def make_parser():
     p.add_argument("--activation", choices=("relu", "maxmin"), default="relu",
                    help="hidden activation; maxmin (even widths) suits certified training "
                         "(the C and ONNX exports take relu only)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--epochs", type=_POSITIVE, default=10)
+    p.add_argument("--batch-size", type=_POSITIVE, default=128)
     p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--schedule", choices=("cosine", "constant", "step"), default="cosine")
@@ -315,17 +350,17 @@ def make_parser():
     p.add_argument("--unit-loss", type=float, default=None)
     p.add_argument("--validation", type=float, default=0.0,
                    help="fraction of the training set held out for validation")
-    p.add_argument("--patience", type=int, default=None, help="early-stopping patience (epochs)")
+    p.add_argument("--patience", type=_POSITIVE, default=None, help="early-stopping patience (epochs)")
     p.add_argument("--l2-epsilon", type=float, default=0.0,
                    help="certified L2 training at this radius: Lipschitz-margin loss on the "
                         "wiring-weighted bound (mean_logits networks; default 0: off)")
-    p.add_argument("--l0-radius", type=int, default=0,
+    p.add_argument("--l0-radius", type=_NONNEGATIVE, default=0,
                    help="certified L0 training at this many changed pixels: margin loss on the "
                         "influence and chain bounds (mean_logits networks; default 0: off)")
     p.add_argument("--epsilon-ramp", type=float, default=0.5,
                    help="fraction of the training over which the certified-training bound "
                         "rises from 0 (default 0.5)")
-    p.add_argument("--power-iterations", type=int, default=1,
+    p.add_argument("--power-iterations", type=_POSITIVE, default=1,
                    help="power-iteration steps per training step for the bound (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", default=None, help="checkpoint file, written every epoch")
@@ -348,10 +383,10 @@ def make_parser():
                                    "a Markdown report with PNG plots.")
     p.add_argument("models", nargs="*", help="model files (none: only --include)")
     _add_data_args(p)
-    p.add_argument("--n", type=int, default=500, help="test images (seeded sample)")
+    p.add_argument("--n", type=_POSITIVE, default=500, help="test images (seeded sample)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ddn-steps", type=int, default=100)
-    p.add_argument("--rs-queries", type=int, default=100)
+    p.add_argument("--ddn-steps", type=_POSITIVE, default=100)
+    p.add_argument("--rs-queries", type=_POSITIVE, default=100)
     p.add_argument("--out", required=True, help="output directory for report.md and plots")
     p.add_argument("--include", action="append", default=None, metavar="RESULTS_JSON",
                    help="also show the models of an earlier report's results.json (repeatable)")
@@ -360,9 +395,9 @@ def make_parser():
     p = sub.add_parser("demo", help="train a fan-in network on the embedded MNIST subset",
                        description="Train a 2N-unit fan-in network on the embedded MNIST subset "
                                    "(no download), report accuracy, its summary and speed.")
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=_POSITIVE, default=6)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=_threads, default=None)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out", default=None, help="also save the model here")
     p.set_defaults(func=cmd_demo)
@@ -412,11 +447,14 @@ def main(argv=None):
             PermissionError) as e:
         print(f"sparsefan {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, TypeError, OSError, ImportError, RuntimeError) as e:
-        if args.command not in ("export", "robustness"):
+    except (ValueError, TypeError, OSError, ImportError, RuntimeError, ArithmeticError) as e:
+        if os.environ.get("SPARSEFAN_DEBUG"):  # the traceback, for a bug report
             raise
         print(f"sparsefan {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"sparsefan {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

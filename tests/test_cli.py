@@ -132,3 +132,36 @@ def test_robustness_report_of_a_certified_model(tmp_path, capsys):
     assert code == 0 and (merged / "report.md").read_text().count("| cert | mean_logits |") == 3
     code, _, err = run(["robustness", "--out", str(merged)], capsys)
     assert code == 2 and "give model files" in err
+
+
+@pytest.mark.parametrize("bad,match", [
+    (["--fan-in", "0"], "--fan-in: must be >= 1"), (["--hidden", ","], "--hidden: expected"),
+    (["--epochs", "-1"], "--epochs: must be >= 1"), (["--batch-size", "0"], "--batch-size"),
+    (["--threads", "0"], "--threads: 0 is not a thread count"), (["--units", "x"], "--units"),
+    (["--l0-radius", "-2"], "--l0-radius"),
+])
+def test_bad_train_arguments_are_usage_errors(bad, match, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--data", "embedded", *bad, "--out", str(tmp_path / "m.npz")])
+    assert e.value.code == 2 and match in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad,match", [
+    (["--lr", "-1"], "lr must be positive"), (["--weight-decay", "nan"], "weight_decay"),
+    (["--l0-radius", "3", "--l2-epsilon", "1"], "set one of them"),
+    (["--validation", "1.5"], "validation"),
+])
+def test_bad_train_settings_are_one_line_before_any_work(bad, match, tmp_path, capsys):
+    code, text, err = run(["train", "--data", "embedded", *bad, "--quiet",
+                           "--out", str(tmp_path / "m.npz")], capsys)
+    assert code == 2 and match in err and "Traceback" not in err
+    assert "output units" not in text  # refused before the network was built
+
+
+def test_out_paths_are_checked_before_training(tmp_path, capsys):
+    code, text, err = run(["train", "--data", "embedded", "--epochs", "1", "--quiet",
+                           "--out", str(tmp_path / "missing" / "m.npz")], capsys)
+    assert code == 2 and "does not exist" in err and "output units" not in text
+    code, _, err = run(["train", "--data", "embedded", "--epochs", "1", "--quiet",
+                        "--out", str(tmp_path)], capsys)
+    assert code == 2 and "is a directory" in err
