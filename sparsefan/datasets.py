@@ -27,13 +27,14 @@ import os
 import stat
 import struct
 import sys
-import tempfile
 import urllib.request
 import zipfile
 import zlib
 from importlib import resources
 
 import numpy as np
+
+from sparsefan._files import atomic_write
 
 MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -243,18 +244,6 @@ def _find(directory, stem):
     return None
 
 
-def _fsync_dir(directory):
-    """Make a rename in ``directory`` durable (where the platform allows opening directories)."""
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-
-
 def _is_cached(path, expected):
     try:
         st = os.stat(path)
@@ -266,46 +255,32 @@ def _is_cached(path, expected):
 
 
 def _download(url, dest, expected):
-    """Fetch ``url`` into ``dest`` atomically: stream at most ``MAX_DOWNLOAD_BYTES`` into a
-    temporary file in the same directory while hashing, check the SHA-256, flush and fsync, then
-    rename over ``dest`` and fsync the directory. On any failure ``dest`` is left untouched."""
-    directory = os.path.dirname(os.path.abspath(dest))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    except OSError as e:
-        raise DatasetError(f"{directory}: cannot write the download ({e})") from None
-    try:
-        with os.fdopen(fd, "wb") as out:
-            h, n = hashlib.sha256(), 0
-            try:
-                with urllib.request.urlopen(url, timeout=60) as src:
-                    for block in iter(lambda: src.read(_CHUNK), b""):
-                        n += len(block)
-                        if n > MAX_DOWNLOAD_BYTES:
-                            raise DatasetError(f"{url}: more than {MAX_DOWNLOAD_BYTES} bytes; "
-                                               "not an MNIST file")
-                        h.update(block)
-                        out.write(block)
-                out.flush()
-                os.fsync(out.fileno())
-            except DatasetError:
-                raise
-            except (OSError, ValueError, http.client.HTTPException) as e:  # URLError: OSError
-                raise DatasetError(f"{url}: download failed ({_describe(e)})") from None
+    """Fetch ``url`` into ``dest`` atomically (sparsefan._files.atomic_write): stream at most
+    ``MAX_DOWNLOAD_BYTES`` into the temporary while hashing, and check the SHA-256 before the
+    rename. On any failure ``dest`` is left untouched."""
+    def fill(out):
+        h, n = hashlib.sha256(), 0
+        try:
+            with urllib.request.urlopen(url, timeout=60) as src:
+                for block in iter(lambda: src.read(_CHUNK), b""):
+                    n += len(block)
+                    if n > MAX_DOWNLOAD_BYTES:
+                        raise DatasetError(f"{url}: more than {MAX_DOWNLOAD_BYTES} bytes; "
+                                           "not an MNIST file")
+                    h.update(block)
+                    out.write(block)
+        except DatasetError:
+            raise
+        except (OSError, ValueError, http.client.HTTPException) as e:  # URLError: OSError
+            raise DatasetError(f"{url}: download failed ({_describe(e)})") from None
         got = h.hexdigest()
         if got != expected:
             raise DatasetError(f"{url}: SHA-256 mismatch (expected {expected}, got {got})")
-        try:
-            os.replace(tmp, dest)
-        except OSError as e:
-            raise DatasetError(f"{dest}: cannot store the download ({e})") from None
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
+
+    try:
+        atomic_write(dest, fill)
+    except OSError as e:
+        raise DatasetError(f"{dest}: cannot store the download ({_describe(e)})") from None
 
 
 def download_mnist(directory=None, mirror=DEFAULT_MIRROR):

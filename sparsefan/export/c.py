@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 
+from sparsefan._files import atomic_write
 from sparsefan.export.quantize import QuantizedNetwork
 from sparsefan.network import Network
 
@@ -359,23 +359,9 @@ def _prepare_dir(out_dir):
 
 
 def _write_text(path, text):
-    """Write atomically (a temporary file in the same directory, then a rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    except OSError as e:
-        raise PermissionError(f"cannot write into {directory!r}: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="ascii", newline="\n") as f:
-            f.write(text)
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # as an ordinary open() would create it
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ASCII ``text`` atomically (sparsefan._files.atomic_write)."""
+    data = text.encode("ascii")
+    atomic_write(path, lambda f: f.write(data))
 
 
 def export_c(model, out_dir, name="model", runtime=True, certificates=False):

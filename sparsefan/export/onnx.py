@@ -138,7 +138,7 @@ def build_model(network):
 
 def export_onnx(network, path):
     """Write ``network`` to ``path`` (.onnx); returns the path. Needs the ``onnx`` package."""
-    onnx = _require_onnx()
+    _require_onnx()
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
@@ -149,13 +149,10 @@ def export_onnx(network, path):
 
     check_exportable(network)
     model = build_model(network)
-    tmp = path + ".tmp"
+    from sparsefan._files import atomic_write
+
     try:
-        onnx.save(model, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: f.write(model.SerializeToString()))
     except PermissionError as e:
         raise PermissionError(f"cannot write {path!r}: {e.strerror or e}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
