@@ -20,7 +20,7 @@ import numpy as np
 
 import sparsefan as sf
 from sparsefan._timing import median_seconds as median_time
-from sparsefan import _kernels
+from sparsefan import _engine, _kernels
 
 
 ARCHITECTURES = {  # the configurations of experiments/mnist_results.py
@@ -51,13 +51,7 @@ def kernels_only(net, x1, threads):
     def run():
         h = xt
         for layer, b in zip(net.layers, bufs):
-            if layer._use_blas:
-                layer._blas_forward(b, h, layer.activation == "relu")
-            else:
-                c = layer.connectivity
-                _kernels.fanin_forward(b.reshape(-1), h.reshape(-1), layer.weight.reshape(-1),
-                                       layer.bias.reshape(-1), c.indptr, c.indices, layer.c_in,
-                                       layer.c_out, 1, layer.activation == "relu", threads)
+            _engine.linear(layer, b, h, threads, layer.activation == "relu")
             h = b
     return run
 

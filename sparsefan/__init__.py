@@ -4,7 +4,7 @@ Every unit reads a fixed, pre-chosen subset of its inputs (a CSR index table, se
 :class:`Connectivity`); :class:`FanIn` layers run OpenMP C kernels for the forward pass and
 both gradients, checked against the float64 twin in :mod:`sparsefan.reference`.
 """
-from sparsefan._kernels import openmp_enabled
+from sparsefan._engine import openmp_enabled
 from sparsefan._threads import resolve_n_threads
 from sparsefan.connectivity import INDEX_DTYPE, INDPTR_DTYPE, Connectivity, Transposed
 from sparsefan.layers import FanIn, Gradients

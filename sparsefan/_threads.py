@@ -4,7 +4,7 @@ import numbers
 import os
 import warnings
 
-from sparsefan import _kernels
+from sparsefan import _engine
 
 
 @functools.lru_cache(maxsize=None)
@@ -85,7 +85,7 @@ def resolve_n_threads(n_threads, name="n_threads"):
         n = int(n_threads)
     else:
         n = max(1, usable_cpu_count() + 1 + int(n_threads))
-    if not _kernels.openmp_enabled():
+    if not _engine.openmp_enabled():
         return 1
     cap = max_threads()
     if n > cap:

@@ -12,7 +12,7 @@ Losses (mean over the batch) and their gradients w.r.t. Z, in float64 for stabil
 """
 import numpy as np
 
-from sparsefan import _kernels
+from sparsefan import _engine
 
 AGGREGATES = ("mean_logits", "mean_prob", "vote")
 
@@ -37,7 +37,7 @@ def mean_logits(Z):
             and Z.flags.c_contiguous and Z.size):
         M, C, B = Z.shape
         out = np.empty(C * B)
-        _kernels.mean_units(Z.reshape(M, C * B), out)
+        _engine.mean_units(Z.reshape(M, C * B), out)
         return out.reshape(C, B)
     return np.einsum("mcb->cb", Z, dtype=np.float64, casting="safe") / Z.shape[0]
 

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from sparsefan import _engine
 from sparsefan import aggregate as agg
 from sparsefan import lipschitz
-from sparsefan.layers import FanIn
+from sparsefan._threads import resolve_n_threads
 
 
 def _fields_csr(network):
@@ -217,11 +218,9 @@ def _unit_fractions(network, x, Z, y, method):
         return np.where(cap > 0, np.minimum(1.0, delta / cap), 0.0)
 
 
-def _abs_layer(layer, weight, c_out=None):
-    """A linear layer over ``layer``'s wiring with the given (nonnegative) weights."""
-    return FanIn(layer.connectivity, layer.c_in, c_out or layer.c_out, activation=None,
-                 weight=np.ascontiguousarray(weight, dtype=np.float32),
-                 bias=np.zeros((layer.n_out, c_out or layer.c_out), np.float32))
+def _abs_weights(network):
+    """|W| (float32, C-contiguous) of every layer below the head: the influence passes."""
+    return [np.ascontiguousarray(np.abs(l.weight)) for l in network.layers[:-1]]
 
 
 def influence_bounds(network):
@@ -260,14 +259,15 @@ def _abs_backward(network, abs_layers, g):
     kernels, float32): (input bound (n_in, c_in, P), [the signal at each layer's
     pre-activation output])."""
     dy = np.ascontiguousarray(g, dtype=np.float32)
+    n = resolve_n_threads(None)
     signals = [None] * len(abs_layers)
     for l in range(len(abs_layers) - 1, -1, -1):
-        layer, a = network.layers[l], abs_layers[l]
+        layer = network.layers[l]
         if layer.activation == "maxmin":
             dy = _pair_sum(dy, layer)
         signals[l] = dy
-        xt = np.zeros((layer.n_in, layer.c_in, dy.shape[2]), np.float32)
-        dy = a.backward_fm(xt, dy, need_param_grad=False, check_finite=False).input
+        dy = _engine.linear_backward_input(layer.connectivity, abs_layers[l], layer.c_in,
+                                           layer.c_out, dy, n)
     return dy, signals
 
 
@@ -277,8 +277,7 @@ def _influence_bounds(network):
     pairs = [(a, b) for a in range(C) for b in range(C) if a != b]
     # one backward pass with batch = pairs: column k carries pair k
     _, g = _head_signal(network, network.layers[-1].weight.astype(np.float64), pairs)
-    abs_layers = [_abs_layer(l, np.abs(l.weight)) for l in network.layers[:-1]]
-    dy, _ = _abs_backward(network, abs_layers, g)
+    dy, _ = _abs_backward(network, _abs_weights(network), g)
     G = np.zeros((C, C, network.n_in))
     for k, (a, b) in enumerate(pairs):
         G[a, b] = dy[:, 0, k]
@@ -327,7 +326,7 @@ class L0Bound:
         net, r = self.network, self.radius
         W = net.layers[-1].weight
         diff, g = _head_signal(net, W, self.pairs)
-        abs_layers = [_abs_layer(l, np.abs(l.weight)) for l in net.layers[:-1]]
+        abs_layers = _abs_weights(net)
         G, signals = _abs_backward(net, abs_layers, g)
         G = G.reshape(net.n_in, -1)  # (N, P) (c_in = 1 at the input)
         sel = np.argpartition(-G, r - 1, axis=0)[:r]  # (r, P): the r costliest pixels
@@ -345,9 +344,11 @@ class L0Bound:
         h = np.zeros((net.n_in, 1, P), np.float32)
         np.put_along_axis(h[:, 0, :], sv["sel"], 1.0, axis=0)
         inputs = []
+        n = resolve_n_threads(None)
         for l, a in enumerate(sv["abs_layers"]):
             inputs.append(h)
-            h = a.forward_fm(h, check_finite=False)
+            layer = layers[l]
+            h = _engine.linear_forward(layer.connectivity, a, layer.c_in, layer.c_out, h, n)
             if layers[l].activation == "maxmin":
                 h = _pair_sum(h, layers[l])
         # head: value_p = sum_q diff[q, :, p] . h[idx_q, :, p] / M
@@ -360,9 +361,10 @@ class L0Bound:
         gw += (gd @ self.E).astype(np.float32)
         # the layers below: d value / d|W_l| = sum_p h_l x (the signal at l's output) * gK_p
         scale = gK.astype(np.float32)[None, None, :]
-        for l, a in enumerate(sv["abs_layers"]):
+        for l, layer in enumerate(layers[:-1]):
             dy = np.ascontiguousarray(sv["signals"][l] * scale)
-            gw = a.backward_fm(inputs[l], dy, need_input_grad=False, check_finite=False).weight
+            gw = _engine.linear_weight_grad(layer.connectivity, layer.c_in, layer.c_out,
+                                            inputs[l], dy, n)
             acc = grads[l][0]
             acc += gw * np.sign(layers[l].weight)
 

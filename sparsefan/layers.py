@@ -24,11 +24,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from sparsefan import _kernels
+from sparsefan import _engine
 from sparsefan._threads import resolve_n_threads
 from sparsefan._validation import check_array, check_int, check_no_overlap, check_writable
 from sparsefan.connectivity import Connectivity
-from sparsefan.layout import empty_aligned, from_feature_major, to_feature_major
+from sparsefan.layout import from_feature_major, to_feature_major
 
 ACTIVATIONS = (None, "relu", "maxmin")
 
@@ -266,27 +266,11 @@ class FanIn:
         """Forward pass in the kernels' layout: xt (n_in, c_in, batch) -> (n_out, c_out, batch)."""
         xt = self._check_xt(xt, "xt", check_finite)
         batch = xt.shape[2]
-        if out is None:
-            out = empty_aligned((self.n_out, self.c_out, batch))
-        else:
+        if out is not None:
             check_writable(check_array(out, "out", np.float32,
                                        shape=(self.n_out, self.c_out, batch)), "out")
             check_no_overlap(out, "out", xt=xt, weight=self._weight, bias=self._bias)
-        conn = self.connectivity
-        self._linear_fm(out, xt, self._threads(n_threads), relu=self.activation == "relu")
-        if self.activation == "maxmin":
-            _maxmin(out)
-        return out
-
-    def _linear_fm(self, out, xt, n, relu):
-        """out = W x + b (ReLU'd with ``relu``), in the kernels' layout; no checks."""
-        conn = self.connectivity
-        if self._use_blas:
-            self._blas_forward(out, xt, relu)
-            return
-        _kernels.fanin_forward(out.reshape(-1), xt.reshape(-1), self._weight.reshape(-1),
-                               self._bias.reshape(-1), conn.indptr, conn.indices,
-                               self.c_in, self.c_out, xt.shape[2], relu, n)
+        return _engine.forward(self, xt, self._threads(n_threads), out)
 
     def backward_fm(self, xt, dyt, yt=None, grad_input=None, grad_weight=None, grad_bias=None,
                     need_input_grad=True, n_threads=None, check_finite=True,
@@ -305,115 +289,37 @@ class FanIn:
         batch = xt.shape[2]
         out_shape = (self.n_out, self.c_out, batch)
         check_array(dyt, "dyt", np.float32, shape=out_shape, finite=check_finite)
-        n = self._threads(n_threads)
         if self.activation == "relu":
             if yt is None:
                 raise ValueError("yt (the forward output) is required for a ReLU layer's backward")
             check_array(yt, "yt", np.float32, shape=out_shape)
-            dzt = check_writable(dyt, "dyt") if overwrite_dyt else empty_aligned(dyt.shape)
-            _kernels.relu_backward(dzt.reshape(-1), dyt.reshape(-1), yt.reshape(-1), n)
-            dyt = dzt
-        elif self.activation == "maxmin":
-            zt = empty_aligned(out_shape)
-            self._linear_fm(zt, xt, n, relu=False)
-            dyt = _maxmin_backward(zt, dyt)
+            if overwrite_dyt:
+                check_writable(dyt, "dyt")
         given = dict(xt=xt, dyt=dyt, yt=yt, weight=self._weight)
         for buf, name in ((grad_input, "grad_input"), (grad_weight, "grad_weight"),
                           (grad_bias, "grad_bias")):
             if buf is not None:
                 check_no_overlap(buf, name, **given)
+        if need_input_grad and grad_input is not None:
+            self._grad_buffer(grad_input, "grad_input", xt.shape)
         if need_param_grad:
-            grad_weight = self._grad_buffer(grad_weight, "grad_weight", self.weight_shape)
-            grad_bias = self._grad_buffer(grad_bias, "grad_bias", self.bias_shape)
-            check_no_overlap(grad_weight, "grad_weight", grad_bias=grad_bias)
-        else:
-            grad_weight = grad_bias = None
-        # a buffer of ours is written by the kernel, not accumulated into: no need to zero it
-        # first (the GEMM path adds into the rows its unit reads, so it needs zeros)
-        fresh_input = need_input_grad and grad_input is None and not self._use_blas
-        if fresh_input:
-            grad_input = empty_aligned(xt.shape)
-        elif need_input_grad:
-            grad_input = self._grad_buffer(grad_input, "grad_input", xt.shape)
-        else:
-            grad_input = None
-        if self._use_blas:
-            self._blas_backward(xt, dyt, grad_input, grad_weight, grad_bias)
-            return Gradients(grad_input, grad_weight, grad_bias)
-        conn = self.connectivity
-        if need_param_grad:
-            _kernels.fanin_backward_params(grad_weight.reshape(-1), grad_bias.reshape(-1),
-                                           dyt.reshape(-1), xt.reshape(-1), conn.indptr,
-                                           conn.indices, self.c_in, self.c_out, batch, n)
-        if need_input_grad:
-            t = conn.transpose()
-            _kernels.fanin_backward_input(grad_input.reshape(-1), dyt.reshape(-1),
-                                          self._weight.reshape(-1), t.indptr, t.rows, t.slots,
-                                          self.c_in, self.c_out, batch, n,
-                                          accumulate=not fresh_input)
-        return Gradients(grad_input, grad_weight, grad_bias)
+            if grad_weight is not None:
+                self._grad_buffer(grad_weight, "grad_weight", self.weight_shape)
+            if grad_bias is not None:
+                self._grad_buffer(grad_bias, "grad_bias", self.bias_shape)
+                if grad_weight is not None:
+                    check_no_overlap(grad_weight, "grad_weight", grad_bias=grad_bias)
+        g = _engine.backward(self, xt, dyt, yt, self._threads(n_threads), grad_input,
+                             grad_weight, grad_bias, need_input_grad, need_param_grad,
+                             overwrite_dyt)
+        return Gradients(*g)
 
-    # -- single-unit layers: one GEMM ------------------------------------------------------------
-    # A layer with one output unit (a dense layer: Connectivity.dense(n_in, 1), or a per-unit
-    # layer over a single unit) has no parallelism across rows; its work is one matrix product,
-    # which BLAS does best. Same math as the kernels, same layouts.
-
+    # A layer with one output unit runs as one BLAS product (sparsefan._engine.uses_blas).
     blas_single_unit = True  # tests switch it off to exercise the C kernel on such layers
-
-    @property
-    def _use_blas(self):
-        return (self.blas_single_unit and self.connectivity.n_out == 1
-                and self.connectivity.nnz > 0)
-
-    def _gather(self, xt):
-        idx = self.connectivity.indices
-        if idx.size == self.n_in and (idx == np.arange(self.n_in)).all():
-            return xt.reshape(self.n_in * self.c_in, -1)
-        return xt[idx].reshape(idx.size * self.c_in, -1)
-
-    def _blas_forward(self, out, xt, relu):
-        w = self._weight.reshape(-1, self.c_out)  # (k * c_in, c_out)
-        y = out.reshape(self.c_out, -1)
-        np.matmul(w.T, self._gather(xt), out=y)
-        y += self._bias.reshape(self.c_out, 1)
-        if relu:
-            np.maximum(y, 0.0, out=y)  # keeps NaN, like the kernel
-
-    def _blas_backward(self, xt, dzt, grad_input, grad_weight, grad_bias):
-        dz = dzt.reshape(self.c_out, -1)  # (c_out, batch), already through the ReLU
-        if grad_weight is not None:
-            grad_weight.reshape(-1, self.c_out)[...] += self._gather(xt) @ dz.T
-            grad_bias.reshape(-1)[...] += dz.sum(axis=1)
-        if grad_input is not None:
-            dxg = (self._weight.reshape(-1, self.c_out) @ dz).reshape(-1, self.c_in, dz.shape[1])
-            grad_input[self.connectivity.indices] += dxg  # a row never repeats an input
 
     @staticmethod
     def _grad_buffer(buf, name, shape):
-        if buf is None:
-            return empty_aligned(shape, zero=True)
         return check_writable(check_array(buf, name, np.float32, shape=shape), name)
-
-
-def _maxmin(out):
-    """MaxMin in place on (units, channels, batch): channels (2i, 2i+1) -> (max, min)."""
-    v = out.reshape(out.shape[0], -1, 2, out.shape[2])
-    lo = np.minimum(v[:, :, 0], v[:, :, 1])
-    np.maximum(v[:, :, 0], v[:, :, 1], out=v[:, :, 0])
-    v[:, :, 1] = lo
-
-
-def _maxmin_backward(zt, dyt):
-    """The gradient w.r.t. the pre-activation zt of MaxMin's output gradient dyt (a new
-    array): the max's gradient goes to the larger of the pair (the first one at a tie)."""
-    z = zt.reshape(zt.shape[0], -1, 2, zt.shape[2])
-    d = dyt.reshape(z.shape)
-    first = z[:, :, 0] >= z[:, :, 1]
-    out = np.empty_like(zt)
-    o = out.reshape(z.shape)
-    o[:, :, 0] = np.where(first, d[:, :, 0], d[:, :, 1])
-    o[:, :, 1] = np.where(first, d[:, :, 1], d[:, :, 0])
-    return out
 
 
 MAX_ELEMENTS = 2**31 - 1  # per weight, bias or example: beyond any layer this engine runs

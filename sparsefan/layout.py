@@ -5,30 +5,12 @@ contiguous, so that every gathered input is one contiguous batch vector. Public 
 ``(batch, ...)``; a network changes layout once at its entry and once at its exit. Both
 directions are one parallel blocked transpose in C.
 """
-import math
-
 import numpy as np
 
-from sparsefan import _kernels
+from sparsefan import _engine
+from sparsefan._engine import ALIGNMENT, empty_aligned  # noqa: F401 (public here)
 from sparsefan._threads import resolve_n_threads
 from sparsefan._validation import check_array
-
-# Feature-major activations are gathered one batch vector at a time; vector loads that straddle two
-# cache lines cost the kernels up to a third of their speed, so the arrays this package allocates
-# start on a cache-line boundary (so does every row when the batch is a multiple of 16).
-ALIGNMENT = 64
-
-
-def empty_aligned(shape, zero=False):
-    """A C-contiguous float32 array of ``shape`` starting on a 64-byte boundary."""
-    shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(map(int, shape))
-    n = math.prod(shape)
-    buf = np.empty(n + ALIGNMENT // 4, np.float32)
-    start = (-buf.ctypes.data % ALIGNMENT) // 4
-    out = buf[start:start + n].reshape(shape)
-    if zero:
-        out.fill(0.0)
-    return out
 
 
 def to_feature_major(x, n_threads=None):
@@ -37,12 +19,7 @@ def to_feature_major(x, n_threads=None):
     A 2-D input gets one channel. Returns a new C-contiguous float32 array.
     """
     check_array(x, "x", np.float32, ndim=(2, 3))
-    n = resolve_n_threads(n_threads)
-    batch = x.shape[0]
-    feats = x.shape[1:] if x.ndim == 3 else (x.shape[1], 1)
-    out = empty_aligned(feats + (batch,))
-    _kernels.transpose(out.reshape(-1), x.reshape(-1), batch, int(np.prod(feats)), n)
-    return out
+    return _engine.to_feature_major(x, resolve_n_threads(n_threads))
 
 
 def from_feature_major(xt, squeeze_channels=False, n_threads=None):
@@ -51,12 +28,8 @@ def from_feature_major(xt, squeeze_channels=False, n_threads=None):
     With ``squeeze_channels=True`` and one channel, returns ``(batch, units)``.
     """
     check_array(xt, "xt", np.float32, ndim=3)
-    n = resolve_n_threads(n_threads)
     units, channels, batch = xt.shape
-    out = empty_aligned((batch, units, channels))
-    _kernels.transpose(out.reshape(-1), xt.reshape(-1), units * channels, batch, n)
-    if squeeze_channels:
-        if channels != 1:
-            raise ValueError(f"squeeze_channels needs 1 channel, xt has {channels}")
-        return out.reshape(batch, units)
-    return out
+    if squeeze_channels and channels != 1:
+        raise ValueError(f"squeeze_channels needs 1 channel, xt has {channels}")
+    out = _engine.from_feature_major(xt, resolve_n_threads(n_threads))
+    return out.reshape(batch, units) if squeeze_channels else out

@@ -15,13 +15,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from sparsefan import _kernels
+from sparsefan import _engine
 from sparsefan import aggregate as agg
 from sparsefan._threads import resolve_n_threads
-from sparsefan._validation import check_array, check_int
+from sparsefan._validation import check_array, check_int, check_writable
 from sparsefan.connectivity import Connectivity
 from sparsefan.layers import FanIn
-from sparsefan.layout import to_feature_major
 
 
 class Certified(NamedTuple):
@@ -143,7 +142,9 @@ class Network:
 
     # -- inference -----------------------------------------------------------------------------
 
-    def _check_x(self, x, check_finite=True):
+    def check_inputs(self, x, check_finite=True):
+        """``x`` as the validated (batch, n_in) float32 array the engine reads: (batch, n_in)
+        or (batch, *input_shape), C-contiguous float32; NaN/Inf refused with ``check_finite``."""
         if isinstance(x, np.ndarray) and x.ndim > 2 and x.shape[1:] == self.input_shape:
             x = x.reshape(x.shape[0], -1)
         return check_array(x, "x", np.float32, shape=(None, self.n_in), finite=check_finite)
@@ -151,42 +152,21 @@ class Network:
     def forward_fm(self, xt, n_threads=None, keep=False):
         """Run the layers on xt (n_in, 1, batch). Returns Z (M, C, batch), or with ``keep`` the
         list of every layer's input and the final output."""
-        n = resolve_n_threads(n_threads)
-        acts = [xt]
-        for layer in self.layers:
-            acts.append(layer.forward_fm(acts[-1], n_threads=n, check_finite=False))
-            if not keep:
-                acts = acts[-1:]
-        return acts if keep else acts[-1]
+        check_array(xt, "xt", np.float32, shape=(self.n_in, 1, None))
+        return _engine.forward_chain(self._chain(), xt, resolve_n_threads(n_threads), keep)
+
+    def _chain(self):
+        """``self.layers``, checked to fit together (a public list: it may have been edited
+        since construction). Once per public call: the engine trusts it."""
+        self._check_chain(self.layers)
+        return self.layers
 
     def _fused_plan(self):
-        """The layers as one C call (the inference path), or None when a layer runs as a GEMM
-        or has a MaxMin activation.
-
-        Cached; rebuilt when a layer's weight, bias or connectivity arrays are replaced or its
-        activation or channels change (in-place updates, as the optimizers make, keep it valid).
-        ``self.layers`` is a public list and the C call trusts the chain: a rebuild checks it."""
-        if any(layer._use_blas or layer.activation == "maxmin" for layer in self.layers):
-            return None  # layer by layer: GEMM layers and MaxMin run outside the C chain
-        arrays = [a for layer in self.layers
-                  for a in (layer._weight, layer._bias, layer.connectivity.indptr,
-                            layer.connectivity.indices)]
-        form = [(layer.activation, layer.c_in, layer.c_out) for layer in self.layers]
-        plan, key = self.__dict__.get("_plan"), self.__dict__.get("_plan_key")
-        if (plan is None or key is None or key[1] != form or len(key[0]) != len(arrays)
-                or any(a is not b for a, b in zip(key[0], arrays))):
-            self._check_chain(self.layers)
-            plan = _kernels.NetworkPlan([
-                (layer._weight, layer._bias, layer.connectivity.indptr,
-                 layer.connectivity.indices, layer.n_in, layer.n_out, layer.c_in, layer.c_out,
-                 layer.activation == "relu") for layer in self.layers])
-            self._plan, self._plan_key = plan, (arrays, form)
-        return plan
+        """The layers as one C call (sparsefan._engine.fused_plan), or None."""
+        return _engine.fused_plan(self)
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state.pop("_plan", None)  # C pointers: rebuilt on the next call
-        state.pop("_plan_key", None)
         state.pop("_derived", None)  # recomputed for the unpickled weights
         return state
 
@@ -219,7 +199,7 @@ class Network:
         Fixed fan-in networks run as one C call per chunk of ``batch_size`` examples (layout
         change, every layer, activations in scratch memory); networks with GEMM layers run
         layer by layer."""
-        x = self._check_x(x)
+        x = self.check_inputs(x)
         batch_size = check_int(batch_size, "batch_size", 1)
         n = resolve_n_threads(n_threads)
         batch = x.shape[0]
@@ -227,16 +207,17 @@ class Network:
         shape = (self.n_units, self.n_classes)
         if batch <= batch_size:  # one chunk: the result is the last layer's own output
             if plan is None:
-                return self.forward_fm(to_feature_major(x, n), n)
-            return plan.forward(x.reshape(-1), batch, n).reshape(shape + (batch,))
+                return _engine.forward_chain(self._chain(), _engine.to_feature_major(x, n), n)
+            return _engine.plan_forward(plan, x, n).reshape(shape + (batch,))
         out = np.empty(shape + (batch,), dtype=np.float32)
         for s in range(0, batch, batch_size):
             xb = x[s:s + batch_size]
             if plan is None:
-                out[:, :, s:s + xb.shape[0]] = self.forward_fm(to_feature_major(xb, n), n)
+                out[:, :, s:s + xb.shape[0]] = _engine.forward_chain(
+                    self._chain(), _engine.to_feature_major(xb, n), n)
             else:
-                out[:, :, s:s + xb.shape[0]] = plan.forward(
-                    xb.reshape(-1), xb.shape[0], n).reshape(shape + (xb.shape[0],))
+                out[:, :, s:s + xb.shape[0]] = _engine.plan_forward(plan, xb, n).reshape(
+                    shape + (xb.shape[0],))
         return out
 
     def _refuse_overflow(self, Z, S, allow_neg_inf=False):
@@ -297,7 +278,7 @@ class Network:
         B = S.shape[1]
         classes, l0 = np.empty(B, np.int64), np.empty(B, np.int64)
         l2 = np.empty(B)
-        _kernels.certify_mean_logits(classes, l2, l0, np.ascontiguousarray(S), K, cum)
+        _engine.certify_mean_logits(classes, l2, l0, np.ascontiguousarray(S), K, cum)
         return Certified(classes, l2, l0)
 
     # -- training ------------------------------------------------------------------------------
@@ -312,14 +293,14 @@ class Network:
         (:func:`sparsefan.aggregate.margin_loss`, logits times ``scale``); the result carries
         dLoss/d offsets and dLoss/d scale.
         """
-        x = self._check_x(x, check_finite=False)
+        x = self.check_inputs(x, check_finite=False)
         y = np.asarray(y)
         if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
             raise ValueError(f"y must be an int array of shape ({x.shape[0]},)")
         if y.size and (y.min() < 0 or y.max() >= self.n_classes):
             raise ValueError(f"y must hold labels in [0, {self.n_classes})")
         n = resolve_n_threads(n_threads)
-        acts = self.forward_fm(to_feature_major(x, n), n, keep=True)
+        acts = _engine.forward_chain(self._chain(), _engine.to_feature_major(x, n), n, keep=True)
         Z = acts[-1]
         loss_a = loss_u = 0.0
         dZ = None  # float64, scaled and summed in place: one Z-sized float64 array at a time
@@ -350,19 +331,23 @@ class Network:
         if grads is None:
             grads = [(np.zeros(l.weight_shape, np.float32), np.zeros(l.bias_shape, np.float32))
                      for l in self.layers]
+        else:  # checked once here: the engine accumulates into them
+            if len(grads) != len(self.layers):
+                raise ValueError(f"grads must hold one (weight, bias) pair per layer "
+                                 f"({len(self.layers)}), got {len(grads)}")
+            for i, (l, (gw, gb)) in enumerate(zip(self.layers, grads)):
+                check_writable(check_array(gw, f"grads[{i}][0]", np.float32,
+                                           shape=l.weight_shape), f"grads[{i}][0]")
+                check_writable(check_array(gb, f"grads[{i}][1]", np.float32,
+                                           shape=l.bias_shape), f"grads[{i}][1]")
         if dZ is not None:
             dy = dZ.astype(np.float32)
         elif not aggregate_weight:
             dy = np.zeros(Z.shape, np.float32)
         dZ = d = None  # the float64 gradients are not needed by the backward pass
-        for i in range(len(self.layers) - 1, -1, -1):
-            layer = self.layers[i]
-            # dy is ours (the cast above, then each layer's fresh input gradient): a ReLU layer
-            # may mask it in place
-            g = layer.backward_fm(acts[i], dy, acts[i + 1], grad_weight=grads[i][0],
-                                  grad_bias=grads[i][1], need_input_grad=i > 0, n_threads=n,
-                                  check_finite=False, overwrite_dyt=True)
-            dy = g.input
+        # dy is ours (the cast above, then each layer's fresh input gradient): a ReLU layer may
+        # mask it in place
+        _engine.backward_chain(self._chain(), acts, dy, n, grads)
         loss = aggregate_weight * loss_a + unit_weight * loss_u
         return StepResult(float(loss), float(loss_a), float(loss_u), correct, grads, d_off,
                           d_scale, certified)
@@ -374,15 +359,15 @@ class Network:
         ``(values (batch,), dZ)`` with dZ = d(sum of values)/dZ. Returns ``(values, grad)``
         with grad of shape (batch, n_in), float32. No weight gradients are computed.
         """
-        x = self._check_x(x, check_finite=False)
+        x = self.check_inputs(x, check_finite=False)
         n = resolve_n_threads(n_threads)
-        acts = self.forward_fm(to_feature_major(x, n), n, keep=True)
+        acts = _engine.forward_chain(self._chain(), _engine.to_feature_major(x, n), n, keep=True)
         values, dZ = objective(acts[-1])
         dy = np.array(dZ, dtype=np.float32, order="C")  # a copy: masked in place below
-        for i in range(len(self.layers) - 1, -1, -1):
-            dy = self.layers[i].backward_fm(acts[i], dy, acts[i + 1], n_threads=n,
-                                            check_finite=False, need_param_grad=False,
-                                            overwrite_dyt=True).input
+        if dy.shape != acts[-1].shape:
+            raise ValueError(f"objective must return dZ of shape {acts[-1].shape}, got "
+                             f"{dy.shape}")
+        dy = _engine.backward_chain(self._chain(), acts, dy, n)
         return values, np.ascontiguousarray(dy.reshape(self.n_in, -1).T)
 
     # -- description ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import sparsefan as sf
+from sparsefan import _engine
 from sparsefan import reference as ref
 
 from conftest import make_connectivity, numeric_grad
@@ -79,7 +80,7 @@ def test_single_unit_layers_both_paths(conn_case, blas, rng):
     """Layers with one output unit run as one GEMM by default; the C kernel must agree too."""
     layer = _layer(conn_case, 3, 5, "relu")
     layer.blas_single_unit = blas
-    assert layer._use_blas == blas
+    assert _engine.uses_blas(layer) == blas
     x = rng.standard_normal((33, layer.n_in, 3)).astype(np.float32)
     y = layer.forward(x)
     assert rel_err(y, ref.fanin_forward(x, layer.connectivity, layer.weight, layer.bias,

@@ -97,7 +97,7 @@ class QuantizedNetwork:
 
     def unit_logits(self, x, batch_size=2048):
         """Per-unit logits Z, shape (M, C, batch), float32 — as the int8 C runtime computes."""
-        x = self.network._check_x(x)
+        x = self.network.check_inputs(x)
         mats = self._sparse()
         net = self.network
         out = np.empty((net.n_units, net.n_classes, x.shape[0]), dtype=np.float32)
@@ -157,7 +157,7 @@ def quantize_int8(network, calibration, percentile=100.0, batch_size=2048):
     if isinstance(calibration, np.ndarray) and calibration.dtype == np.uint8:
         raise TypeError("calibration holds uint8 images: scale them as for training first "
                         "(sparsefan.train.as_float_inputs)")
-    x = network._check_x(calibration)
+    x = network.check_inputs(calibration)
     if x.shape[0] == 0:
         raise ValueError("calibration must hold at least one example")
     percentile = float(percentile)

@@ -1,0 +1,280 @@
+"""The engine: the one module that calls the C kernels (``sparsefan._kernels``).
+
+It owns the kernels' layout (feature-major activations, ``(units, channels, batch)`` with the
+batch contiguous, in 64-byte aligned buffers), the choice between the C gather kernels and one
+BLAS product per layer, the fused forward plan of a network, and the small numeric kernels
+(unit means, certificates). Everything here trusts its arguments: the public layer
+(:class:`~sparsefan.FanIn`, :class:`~sparsefan.Network`, ``sparsefan.layout``) validates once
+per public call and then calls in here, so a training step checks its arrays once, not once per
+layer.
+
+Layers are read through their public attributes (``weight``, ``bias``, ``connectivity``,
+``c_in``, ``c_out``, ``activation``).
+"""
+import math
+import weakref
+
+import numpy as np
+
+from sparsefan import _kernels
+
+# Feature-major activations are gathered one batch vector at a time; vector loads that straddle two
+# cache lines cost the kernels up to a third of their speed, so the arrays this package allocates
+# start on a cache-line boundary (so does every row when the batch is a multiple of 16).
+ALIGNMENT = 64
+
+
+def openmp_enabled():
+    return _kernels.openmp_enabled()
+
+
+def empty_aligned(shape, zero=False):
+    """A C-contiguous float32 array of ``shape`` starting on a 64-byte boundary."""
+    shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(map(int, shape))
+    n = math.prod(shape)
+    buf = np.empty(n + ALIGNMENT // 4, np.float32)
+    start = (-buf.ctypes.data % ALIGNMENT) // 4
+    out = buf[start:start + n].reshape(shape)
+    if zero:
+        out.fill(0.0)
+    return out
+
+
+# -- layout --------------------------------------------------------------------------------------
+
+def to_feature_major(x, n):
+    """(batch, units[, channels]) -> (units, channels, batch), a new aligned array."""
+    batch = x.shape[0]
+    feats = x.shape[1:] if x.ndim == 3 else (x.shape[1], 1)
+    out = empty_aligned(feats + (batch,))
+    _kernels.transpose(out.reshape(-1), x.reshape(-1), batch, math.prod(feats), n)
+    return out
+
+
+def from_feature_major(xt, n):
+    """(units, channels, batch) -> (batch, units, channels), a new aligned array."""
+    units, channels, batch = xt.shape
+    out = empty_aligned((batch, units, channels))
+    _kernels.transpose(out.reshape(-1), xt.reshape(-1), units * channels, batch, n)
+    return out
+
+
+# -- one layer -----------------------------------------------------------------------------------
+
+def uses_blas(layer):
+    """A layer with one output unit (a dense layer, or a per-unit layer over a single unit) has
+    no parallelism across rows: its work is one matrix product, which BLAS does best. Same math
+    and layouts as the kernels; ``FanIn.blas_single_unit = False`` (tests) forces the kernel."""
+    conn = layer.connectivity
+    return layer.blas_single_unit and conn.n_out == 1 and conn.nnz > 0
+
+
+def _gather(layer, xt):
+    idx = layer.connectivity.indices
+    n_in = layer.connectivity.n_in
+    if idx.size == n_in and (idx == np.arange(n_in)).all():
+        return xt.reshape(n_in * layer.c_in, -1)
+    return xt[idx].reshape(idx.size * layer.c_in, -1)
+
+
+def linear(layer, out, xt, n, relu):
+    """out = W x + b (ReLU'd with ``relu``) for ``layer``, in the kernels' layout."""
+    if uses_blas(layer):
+        w = layer.weight.reshape(-1, layer.c_out)  # (k * c_in, c_out)
+        y = out.reshape(layer.c_out, -1)
+        np.matmul(w.T, _gather(layer, xt), out=y)
+        y += layer.bias.reshape(layer.c_out, 1)
+        if relu:
+            np.maximum(y, 0.0, out=y)  # keeps NaN, like the kernel
+        return
+    conn = layer.connectivity
+    _kernels.fanin_forward(out.reshape(-1), xt.reshape(-1), layer.weight.reshape(-1),
+                           layer.bias.reshape(-1), conn.indptr, conn.indices, layer.c_in,
+                           layer.c_out, xt.shape[2], relu, n)
+
+
+def forward(layer, xt, n, out=None):
+    """The layer's output (n_out, c_out, batch) for xt (n_in, c_in, batch), into ``out``."""
+    if out is None:
+        out = empty_aligned((layer.connectivity.n_out, layer.c_out, xt.shape[2]))
+    linear(layer, out, xt, n, relu=layer.activation == "relu")
+    if layer.activation == "maxmin":
+        maxmin(out)
+    return out
+
+
+def backward(layer, xt, dyt, yt, n, grad_input=None, grad_weight=None, grad_bias=None,
+             need_input_grad=True, need_param_grad=True, overwrite_dyt=False):
+    """(input gradient or None, weight gradient or None, bias gradient or None). Gradients
+    accumulate into the buffers given (zeros are allocated for those not given); a buffer of
+    ours is written, not accumulated into. ``overwrite_dyt``: a ReLU layer masks dyt in place."""
+    conn = layer.connectivity
+    batch = xt.shape[2]
+    if layer.activation == "relu":
+        dzt = dyt if overwrite_dyt else empty_aligned(dyt.shape)
+        _kernels.relu_backward(dzt.reshape(-1), dyt.reshape(-1), yt.reshape(-1), n)
+        dyt = dzt
+    elif layer.activation == "maxmin":  # recompute the pre-activation: one more forward pass
+        zt = empty_aligned(dyt.shape)
+        linear(layer, zt, xt, n, relu=False)
+        dyt = maxmin_backward(zt, dyt)
+    if need_param_grad:
+        if grad_weight is None:
+            grad_weight = empty_aligned(layer.weight.shape, zero=True)
+        if grad_bias is None:
+            grad_bias = empty_aligned(layer.bias.shape, zero=True)
+    else:
+        grad_weight = grad_bias = None
+    blas = uses_blas(layer)
+    # the GEMM path adds into the rows its unit reads, so it needs zeros; the kernel can write
+    fresh_input = need_input_grad and grad_input is None and not blas
+    if fresh_input:
+        grad_input = empty_aligned(xt.shape)
+    elif need_input_grad and grad_input is None:
+        grad_input = empty_aligned(xt.shape, zero=True)
+    elif not need_input_grad:
+        grad_input = None
+    if blas:
+        dz = dyt.reshape(layer.c_out, -1)  # (c_out, batch), already through the ReLU
+        if grad_weight is not None:
+            grad_weight.reshape(-1, layer.c_out)[...] += _gather(layer, xt) @ dz.T
+            grad_bias.reshape(-1)[...] += dz.sum(axis=1)
+        if grad_input is not None:
+            dxg = (layer.weight.reshape(-1, layer.c_out) @ dz).reshape(-1, layer.c_in, batch)
+            grad_input[conn.indices] += dxg  # a row never repeats an input
+        return grad_input, grad_weight, grad_bias
+    if need_param_grad:
+        _kernels.fanin_backward_params(grad_weight.reshape(-1), grad_bias.reshape(-1),
+                                       dyt.reshape(-1), xt.reshape(-1), conn.indptr,
+                                       conn.indices, layer.c_in, layer.c_out, batch, n)
+    if need_input_grad:
+        t = conn.transpose()
+        _kernels.fanin_backward_input(grad_input.reshape(-1), dyt.reshape(-1),
+                                      layer.weight.reshape(-1), t.indptr, t.rows, t.slots,
+                                      layer.c_in, layer.c_out, batch, n,
+                                      accumulate=not fresh_input)
+    return grad_input, grad_weight, grad_bias
+
+
+def maxmin(out):
+    """MaxMin in place on (units, channels, batch): channels (2i, 2i+1) -> (max, min)."""
+    v = out.reshape(out.shape[0], -1, 2, out.shape[2])
+    lo = np.minimum(v[:, :, 0], v[:, :, 1])
+    np.maximum(v[:, :, 0], v[:, :, 1], out=v[:, :, 0])
+    v[:, :, 1] = lo
+
+
+def maxmin_backward(zt, dyt):
+    """The gradient w.r.t. the pre-activation zt of MaxMin's output gradient dyt (a new
+    array): the max's gradient goes to the larger of the pair (the first one at a tie)."""
+    z = zt.reshape(zt.shape[0], -1, 2, zt.shape[2])
+    d = dyt.reshape(z.shape)
+    first = z[:, :, 0] >= z[:, :, 1]
+    out = np.empty_like(zt)
+    o = out.reshape(z.shape)
+    o[:, :, 0] = np.where(first, d[:, :, 0], d[:, :, 1])
+    o[:, :, 1] = np.where(first, d[:, :, 1], d[:, :, 0])
+    return out
+
+
+# -- a chain of layers -------------------------------------------------------------------------
+
+def forward_chain(layers, xt, n, keep=False):
+    """Every layer in turn on xt: the last output, or with ``keep`` every layer's input and the
+    last output."""
+    acts = [xt]
+    for layer in layers:
+        acts.append(forward(layer, acts[-1], n))
+        if not keep:
+            acts = acts[-1:]
+    return acts if keep else acts[-1]
+
+
+def backward_chain(layers, acts, dy, n, grads=None):
+    """Back through every layer from dy (ours: masked in place). ``grads`` [(weight, bias)]
+    accumulate the parameter gradients; None: the input gradient alone. Returns it."""
+    for i in range(len(layers) - 1, -1, -1):
+        if grads is None:
+            dy = backward(layers[i], acts[i], dy, acts[i + 1], n, need_param_grad=False,
+                          overwrite_dyt=True)[0]
+        else:
+            dy = backward(layers[i], acts[i], dy, acts[i + 1], n, grad_weight=grads[i][0],
+                          grad_bias=grads[i][1], need_input_grad=i > 0, overwrite_dyt=True)[0]
+    return dy
+
+
+_PLANS = weakref.WeakKeyDictionary()  # network -> (key, plan)
+
+
+def fused_plan(network):
+    """The network's layers as one C call (the inference path), or None when a layer runs as a
+    GEMM or has a MaxMin activation.
+
+    Cached per network; rebuilt when a layer's weight, bias or connectivity arrays are replaced
+    or its activation or channels change (in-place updates, as the optimizers make, keep it
+    valid: the plan points into the arrays). ``network.layers`` is a public list and the C call
+    trusts the chain: a rebuild checks it."""
+    layers = network.layers
+    if any(uses_blas(layer) or layer.activation == "maxmin" for layer in layers):
+        return None  # layer by layer: GEMM layers and MaxMin run outside the C chain
+    arrays = [a for layer in layers for a in (layer.weight, layer.bias,
+                                              layer.connectivity.indptr,
+                                              layer.connectivity.indices)]
+    form = [(layer.activation, layer.c_in, layer.c_out) for layer in layers]
+    hit = _PLANS.get(network)
+    if (hit is not None and hit[0][1] == form and len(hit[0][0]) == len(arrays)
+            and all(a is b for a, b in zip(hit[0][0], arrays))):
+        return hit[1]
+    network._check_chain(layers)
+    plan = _kernels.NetworkPlan([
+        (layer.weight, layer.bias, layer.connectivity.indptr, layer.connectivity.indices,
+         layer.n_in, layer.n_out, layer.c_in, layer.c_out, layer.activation == "relu")
+        for layer in layers])
+    _PLANS[network] = ((arrays, form), plan)
+    return plan
+
+
+def plan_forward(plan, x, n):
+    """The plan on x (batch, n_in): (n_out * c_out * batch,) float32."""
+    return plan.forward(x.reshape(-1), x.shape[0], n)
+
+
+# -- small kernels -----------------------------------------------------------------------------
+
+def mean_units(Z, out):
+    """out (C * B,) float64 = the mean over units of Z (M, C * B) float32."""
+    _kernels.mean_units(Z, out)
+
+
+def certify_mean_logits(classes, l2, l0, S, K, cum):
+    _kernels.certify_mean_logits(classes, l2, l0, S, K, cum)
+
+
+def linear_backward_input(conn, weight, c_in, c_out, dyt, n):
+    """(n_in, c_in, P) = W^T dyt for bare arrays (no bias, no activation): the certificates'
+    passes through |W|."""
+    out = empty_aligned((conn.n_in, c_in, dyt.shape[2]))
+    t = conn.transpose()
+    _kernels.fanin_backward_input(out.reshape(-1), dyt.reshape(-1), weight.reshape(-1),
+                                  t.indptr, t.rows, t.slots, c_in, c_out, dyt.shape[2], n,
+                                  accumulate=False)
+    return out
+
+
+def linear_forward(conn, weight, c_in, c_out, xt, n):
+    """(n_out, c_out, P) = W xt for bare arrays (no bias, no activation)."""
+    out = empty_aligned((conn.n_out, c_out, xt.shape[2]))
+    bias = np.zeros(conn.n_out * c_out, np.float32)
+    _kernels.fanin_forward(out.reshape(-1), xt.reshape(-1), weight.reshape(-1), bias,
+                           conn.indptr, conn.indices, c_in, c_out, xt.shape[2], False, n)
+    return out
+
+
+def linear_weight_grad(conn, c_in, c_out, xt, dyt, n):
+    """(nnz, c_in, c_out) = sum over the batch of xt x dyt along every connection."""
+    gw = empty_aligned((conn.nnz, c_in, c_out), zero=True)
+    gb = empty_aligned((conn.n_out, c_out), zero=True)
+    _kernels.fanin_backward_params(gw.reshape(-1), gb.reshape(-1), dyt.reshape(-1),
+                                   xt.reshape(-1), conn.indptr, conn.indices, c_in, c_out,
+                                   xt.shape[2], n)
+    return gw
