@@ -58,6 +58,7 @@ DESIGNS = {
     "direct49_l0": (builders.direct, dict(n_units=1568, fan_in=49, hidden=(16,)), L0),
     "direct49_maxmin_l0": (builders.direct, dict(n_units=1568, fan_in=49, hidden=(16,),
                                                  activation="maxmin"), L0),
+    "direct49_h32_l0": (builders.direct, dict(n_units=1568, fan_in=49, hidden=(32,)), L0),
     "direct28_l0": (builders.direct, dict(n_units=1568, fan_in=28, hidden=(16,)), L0),
     "direct85_l0": (builders.direct, dict(n_units=1568, fan_in=85, hidden=(16,)), L0),
     "direct49_l0r6": (builders.direct, dict(n_units=1568, fan_in=49, hidden=(16,)),

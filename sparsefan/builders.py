@@ -12,6 +12,7 @@ Every size is overridable. ``N`` is the number of inputs (784 for MNIST).
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -174,3 +175,25 @@ BUILDERS = {
     "partition_ensemble": partition_ensemble,
     "dense_mlp": dense_mlp,
 }
+
+
+def build(architecture, input_shape, n_classes, *, fan_in=None, n_units=None, levels=2,
+          hidden=None, head_hidden=None, wiring="gaussian", aggregate=None,
+          activation="relu", seed=0):
+    """One entry point over :data:`BUILDERS` with one name per option (what the CLI and
+    ``FanInClassifier`` call): ``fan_in`` is the inputs per unit (the partition ensemble's
+    ``part_size``), ``hidden`` the widths (a hierarchy's ``channels``); None takes the
+    builder's own default. Options an architecture does not have are ignored."""
+    if architecture not in BUILDERS:
+        raise ValueError(f"architecture must be one of {sorted(BUILDERS)}, got "
+                         f"{architecture!r}")
+    opts = dict(input_shape=input_shape, n_classes=n_classes, seed=seed, activation=activation)
+    given = dict(fan_in=fan_in, n_units=n_units, hidden=hidden, head_hidden=head_hidden,
+                 wiring=wiring, aggregate=aggregate, levels=levels)
+    rename = {"partition_ensemble": {"fan_in": "part_size"}, "hierarchy": {"hidden": "channels"}}
+    params = inspect.signature(BUILDERS[architecture]).parameters
+    for key, value in given.items():
+        name = rename.get(architecture, {}).get(key, key)
+        if value is not None and name in params:
+            opts[name] = tuple(value) if isinstance(value, list) else value
+    return BUILDERS[architecture](**opts)

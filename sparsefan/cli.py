@@ -9,7 +9,11 @@ import time
 
 import numpy as np
 
-ARCHS = ("direct", "hierarchy", "partition_ensemble", "dense_mlp")
+from sparsefan import aggregate as agg
+from sparsefan import builders
+from sparsefan import train as trainer
+from sparsefan.layers import ACTIVATIONS
+
 
 
 def _ints(text):
@@ -52,25 +56,10 @@ _POSITIVE, _NONNEGATIVE = _int_at_least(1), _int_at_least(0)
 
 
 def build_network(args, input_shape, n_classes):
-    from sparsefan import builders
-
-    common = dict(input_shape=input_shape, n_classes=n_classes, seed=args.seed)
-    if args.arch == "direct":
-        return builders.direct(n_units=args.units, fan_in=args.fan_in, wiring=args.wiring,
-                               hidden=args.hidden or (32,), aggregate=args.aggregate or
-                               "mean_logits", activation=args.activation, **common)
-    if args.arch == "hierarchy":
-        return builders.hierarchy(levels=args.levels, n_units=args.units, fan_in=args.fan_in,
-                                  wiring=args.wiring, channels=args.hidden or None,
-                                  aggregate=args.aggregate or "mean_logits",
-                                  activation=args.activation, **common)
-    if args.arch == "partition_ensemble":
-        return builders.partition_ensemble(part_size=13 if args.fan_in is None else args.fan_in,
-                                           hidden=args.hidden or (32,),
-                                           aggregate=args.aggregate or "vote",
-                                           activation=args.activation, **common)
-    return builders.dense_mlp(hidden=args.hidden or (256, 256), activation=args.activation,
-                              **common)
+    return builders.build(args.arch, input_shape, n_classes, fan_in=args.fan_in,
+                          n_units=args.units, levels=args.levels, hidden=args.hidden,
+                          head_hidden=args.head_hidden, wiring=args.wiring,
+                          aggregate=args.aggregate, activation=args.activation, seed=args.seed)
 
 
 def _add_data_args(p):
@@ -166,7 +155,7 @@ def cmd_info(args):
 
 def cmd_demo(args):
     import sparsefan as sf
-    from sparsefan import builders, datasets
+    from sparsefan import datasets
     from sparsefan._timing import median_seconds
     from sparsefan.train import TrainConfig, as_float_inputs, evaluate, train
 
@@ -326,25 +315,27 @@ def make_parser():
     p = sub.add_parser("train", help="train a network and save it",
                        description="Build a network, train it, report test accuracy, save it.")
     _add_data_args(p)
-    p.add_argument("--arch", choices=ARCHS, default="direct")
+    p.add_argument("--arch", choices=tuple(builders.BUILDERS), default="direct")
     p.add_argument("--levels", type=_POSITIVE, default=2, help="hierarchy levels (default 2)")
     p.add_argument("--units", type=_POSITIVE, default=None, help="output units (default 2N)")
     p.add_argument("--fan-in", type=_POSITIVE, default=None,
                    help="inputs per unit (default N^(2/3) direct, N^(1/L) hierarchy, "
                         "13 partition_ensemble)")
-    p.add_argument("--wiring", choices=("gaussian", "partitions", "random"), default="gaussian")
+    p.add_argument("--wiring", choices=builders.WIRINGS, default="gaussian")
     p.add_argument("--hidden", type=_ints, default=None,
                    help="comma-separated widths: per-unit MLP (direct, partition_ensemble), "
                         "channels per level (hierarchy), hidden layers (dense_mlp)")
-    p.add_argument("--aggregate", choices=("mean_logits", "mean_prob", "vote"), default=None)
-    p.add_argument("--activation", choices=("relu", "maxmin"), default="relu",
+    p.add_argument("--head-hidden", type=_ints, default=None,
+                   help="hierarchy: widths of a per-unit MLP after the last level")
+    p.add_argument("--aggregate", choices=agg.AGGREGATES, default=None)
+    p.add_argument("--activation", choices=[a for a in ACTIVATIONS if a], default="relu",
                    help="hidden activation; maxmin (even widths) suits certified training "
                         "(the C and ONNX exports take relu only)")
     p.add_argument("--epochs", type=_POSITIVE, default=10)
     p.add_argument("--batch-size", type=_POSITIVE, default=128)
-    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    p.add_argument("--optimizer", choices=trainer.OPTIMIZERS, default="adam")
     p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--schedule", choices=("cosine", "constant", "step"), default="cosine")
+    p.add_argument("--schedule", choices=trainer.SCHEDULES, default="cosine")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--aggregate-loss", type=float, default=None)
     p.add_argument("--unit-loss", type=float, default=None)

@@ -24,8 +24,10 @@ class FanInClassifier:
     input_shape : tuple, optional
         Shape of one example, e.g. (28, 28). Default: (s, s) when n_features is a perfect
         square s*s, else (n_features,) (then gaussian wiring is unavailable).
-    fan_in, n_units, levels, hidden, wiring, aggregate : builder options (None = default)
+    fan_in, n_units, levels, hidden, wiring, aggregate, activation : builder options (None =
+        the builder's default; ``sparsefan.builders.build``)
     epochs, batch_size, lr, optimizer, weight_decay, validation, patience : training options
+    l2_epsilon, l0_radius : certified training (``TrainConfig``; mean_logits networks)
     seed : int
     n_threads : int or None
     verbose : bool — progress bar and per-epoch lines
@@ -36,7 +38,8 @@ class FanInClassifier:
     def __init__(self, architecture="direct", input_shape=None, fan_in=None, n_units=None,
                  levels=2, hidden=None, wiring="gaussian", aggregate=None, epochs=10,
                  batch_size=128, lr=1e-2, optimizer="adam", weight_decay=0.0, validation=0.0,
-                 patience=None, seed=0, n_threads=None, verbose=False):
+                 patience=None, seed=0, n_threads=None, verbose=False, activation="relu",
+                 l2_epsilon=0.0, l0_radius=0):
         self.architecture = architecture
         self.input_shape = input_shape
         self.fan_in = fan_in
@@ -55,6 +58,9 @@ class FanInClassifier:
         self.seed = seed
         self.n_threads = n_threads
         self.verbose = verbose
+        self.activation = activation
+        self.l2_epsilon = l2_epsilon
+        self.l0_radius = l0_radius
 
     # -- scikit-learn protocol -----------------------------------------------------------------
 
@@ -95,25 +101,12 @@ class FanInClassifier:
         return (s, s) if s * s == n_features else (n_features,)
 
     def _build(self, shape, n_classes):
-        arch = self.architecture
-        opts = dict(input_shape=shape, n_classes=n_classes, seed=self.seed)
         wiring = self.wiring if len(shape) > 1 else ("random" if self.wiring == "gaussian"
                                                       else self.wiring)
-        if arch == "direct":
-            return builders.direct(n_units=self.n_units, fan_in=self.fan_in, wiring=wiring,
-                                   hidden=self.hidden or (32,),
-                                   aggregate=self.aggregate or "mean_logits", **opts)
-        if arch == "hierarchy":
-            return builders.hierarchy(levels=self.levels, n_units=self.n_units,
-                                      fan_in=self.fan_in, wiring=wiring, channels=self.hidden,
-                                      aggregate=self.aggregate or "mean_logits", **opts)
-        if arch == "partition_ensemble":
-            return builders.partition_ensemble(part_size=self.fan_in or 13,
-                                               hidden=self.hidden or (32,),
-                                               aggregate=self.aggregate or "vote", **opts)
-        if arch == "dense_mlp":
-            return builders.dense_mlp(hidden=self.hidden or (256, 256), **opts)
-        raise ValueError(f"architecture must be one of {sorted(builders.BUILDERS)}, got {arch!r}")
+        return builders.build(self.architecture, shape, n_classes, fan_in=self.fan_in,
+                              n_units=self.n_units, levels=self.levels, hidden=self.hidden,
+                              wiring=wiring, aggregate=self.aggregate,
+                              activation=self.activation, seed=self.seed)
 
     def fit(self, X, y):
         X = as_float_inputs(np.asarray(X))
@@ -128,7 +121,8 @@ class FanInClassifier:
         config = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                              optimizer=self.optimizer, weight_decay=self.weight_decay,
                              validation=self.validation, patience=self.patience, seed=self.seed,
-                             n_threads=self.n_threads)
+                             n_threads=self.n_threads, l2_epsilon=self.l2_epsilon,
+                             l0_radius=self.l0_radius)
         self.history_ = train(self.network_, X, y_idx.astype(np.int64), config,
                               progress=self.verbose,
                               log=print if self.verbose else (lambda s: None)).history
