@@ -7,16 +7,7 @@ import sparsefan as sf
 from sparsefan import _engine
 from sparsefan import reference as ref
 
-from conftest import make_connectivity, numeric_grad
-
-TOL = 1e-5  # ||C - ref|| / ||ref||, float32 kernels against the float64 reference
-
-
-def rel_err(a, b):
-    b = np.asarray(b, dtype=np.float64)
-    scale = np.linalg.norm(b)
-    return np.linalg.norm(np.asarray(a, dtype=np.float64) - b) / (scale if scale > 0 else 1.0)
-
+from helpers import TOL, layer_with_bias, make_connectivity, numeric_grad, rel_err
 
 # (scheme, n_in, n_out, k): k = 1, k = n_in, n_out = 1, ragged rows, every scheme
 CONNECTIVITIES = [
@@ -46,11 +37,8 @@ def _ids(case):
 
 
 def _layer(conn_case, c_in, c_out, activation, seed=0):
-    conn = make_connectivity(*conn_case, seed=seed)
-    rng = np.random.default_rng(seed + 1)
-    layer = sf.FanIn(conn, c_in, c_out, activation=activation, seed=seed)
-    layer.bias = rng.standard_normal(layer.bias_shape).astype(np.float32)
-    return layer
+    return layer_with_bias(make_connectivity(*conn_case, seed=seed), c_in, c_out, activation,
+                           seed)
 
 
 @pytest.mark.parametrize("activation", [None, "relu"], ids=["linear", "relu"])

@@ -18,9 +18,9 @@ import sparsefan as sf
 from sparsefan import _kernels
 from sparsefan import reference as ref
 
-from conftest import make_connectivity
+from helpers import layer_with_bias as _layer
+from helpers import TOL, make_connectivity, rel_err
 
-TOL = 1e-5
 VARIANTS = _kernels.supported_cpu_variants()
 
 # every multiple of a vector / tile width used by some variant, -1 / 0 / +1
@@ -28,12 +28,6 @@ BATCHES = sorted({1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 12
                   143, 255, 256, 257})
 CHANNELS = [(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (2, 1), (3, 1), (2, 4), (3, 5), (2, 8),
             (4, 9), (5, 3)]
-
-
-def rel_err(a, b):
-    b = np.asarray(b, dtype=np.float64)
-    scale = np.linalg.norm(b)
-    return np.linalg.norm(np.asarray(a, dtype=np.float64) - b) / (scale if scale > 0 else 1.0)
 
 
 @pytest.fixture(params=VARIANTS)
@@ -55,13 +49,6 @@ def _check_layer(layer, batch, activation, rng, n_threads=None):
     assert rel_err(g.input, dx) <= TOL
     assert rel_err(g.weight, dW) <= TOL
     assert rel_err(g.bias, db) <= TOL
-
-
-def _layer(conn, c_in, c_out, activation, seed=0):
-    layer = sf.FanIn(conn, c_in, c_out, activation=activation, seed=seed)
-    rng = np.random.default_rng(seed + 1)
-    layer.bias = rng.standard_normal(layer.bias_shape).astype(np.float32)
-    return layer
 
 
 @pytest.mark.parametrize("batch", BATCHES)

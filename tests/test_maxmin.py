@@ -10,14 +10,8 @@ from sparsefan import reference as ref
 from sparsefan.network import Network
 from sparsefan.train import TrainConfig, train
 
-from conftest import make_connectivity, numeric_grad
+from helpers import TOL, make_connectivity, numeric_grad, rel_err
 
-TOL = 1e-5
-
-
-def rel_err(a, b):
-    b = np.asarray(b, dtype=np.float64)
-    return np.linalg.norm(np.asarray(a, np.float64) - b) / max(np.linalg.norm(b), 1e-30)
 
 
 CONNS = [("random", 30, 40, 5), ("gaussian", 48, 60, 9), ("identity", 20, 20, 1),

@@ -8,7 +8,7 @@ from sparsefan import aggregate as agg
 from sparsefan import builders, reference
 from sparsefan.network import Network
 
-from conftest import numeric_grad
+from helpers import numeric_grad
 
 SHAPE = (6, 6)
 

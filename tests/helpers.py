@@ -1,0 +1,57 @@
+"""Helpers shared by the tests (imported as ``from helpers import ...``; conftest.py keeps
+only fixtures)."""
+import numpy as np
+
+import sparsefan as sf
+
+TOL = 1e-5  # ||C - ref|| / ||ref||, float32 kernels against the float64 reference
+
+
+def rel_err(a, b):
+    """||a - b|| / ||b|| in float64 (||b|| = 0: the absolute error)."""
+    b = np.asarray(b, dtype=np.float64)
+    scale = np.linalg.norm(b)
+    return np.linalg.norm(np.asarray(a, dtype=np.float64) - b) / (scale if scale > 0 else 1.0)
+
+
+def layer_with_bias(conn, c_in, c_out, activation, seed=0):
+    """A FanIn over ``conn`` with default weights and a random (nonzero) bias."""
+    layer = sf.FanIn(conn, c_in, c_out, activation=activation, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    layer.bias = rng.standard_normal(layer.bias_shape).astype(np.float32)
+    return layer
+
+
+def make_connectivity(scheme, n_in, n_out, k, seed=0):
+    """Every connectivity scheme, by name, for parametrized tests."""
+    if scheme == "random":
+        return sf.Connectivity.random(n_in, n_out, k, seed=seed)
+    if scheme == "partitions":
+        return sf.Connectivity.partitions(n_in, n_out, k, seed=seed)
+    if scheme == "gaussian":
+        # n_in must factor as H * W here; callers pick n_in = 6 * m
+        return sf.Connectivity.gaussian((6, n_in // 6), n_out, k, seed=seed)
+    if scheme == "identity":
+        return sf.Connectivity.identity(n_in)
+    if scheme == "dense":
+        return sf.Connectivity.dense(n_in, n_out)
+    if scheme == "ragged":
+        r = np.random.default_rng(seed)
+        rows = [r.choice(n_in, size=r.integers(0, min(n_in, 2 * k) + 1), replace=False)
+                for _ in range(n_out)]
+        return sf.Connectivity.from_rows(n_in, rows)
+    raise ValueError(scheme)
+
+
+def numeric_grad(f, arr, eps=1e-6):
+    """Central differences of the scalar f() with respect to every entry of arr (in place)."""
+    g = np.zeros_like(arr)
+    for idx in np.ndindex(arr.shape):
+        old = arr[idx]
+        arr[idx] = old + eps
+        up = f()
+        arr[idx] = old - eps
+        down = f()
+        arr[idx] = old
+        g[idx] = (up - down) / (2 * eps)
+    return g
