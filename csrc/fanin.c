@@ -198,8 +198,10 @@ static sf_gather_args forward_args(float *y, const float *x, const float *W, con
                                    const int64_t *indptr, const int32_t *indices, int64_t c_in,
                                    int64_t c_out, int64_t B, int relu)
 {
-    const sf_gather_args a = {y, x, W, b, indptr, indices, NULL,
-                              c_in, c_out, B, c_in * c_out, c_out, 1, relu, 0};
+    const sf_gather_args a = {.out = y, .in = x, .W = W, .bias = b, .ptr = indptr,
+                              .rows = indices, .slots = NULL, .G = c_in, .H = c_out, .B = B,
+                              .wslot = c_in * c_out, .wsg = c_out, .wsh = 1, .relu = relu,
+                              .prefetch_end = 0, .zero_init = 0};
     return a;
 }
 
@@ -221,8 +223,10 @@ void sf_fanin_backward_input(float *dx, const float *dy, const float *W,
                              int64_t n_in, int64_t n_out, int64_t c_in, int64_t c_out, int64_t B,
                              int accumulate, int n_threads)
 {
-    const sf_gather_args a = {dx, dy, W, NULL, t_indptr, t_rows, t_slots,
-                              c_out, c_in, B, c_in * c_out, 1, c_out, 0, 0, !accumulate};
+    const sf_gather_args a = {.out = dx, .in = dy, .W = W, .bias = NULL, .ptr = t_indptr,
+                              .rows = t_rows, .slots = t_slots, .G = c_out, .H = c_in, .B = B,
+                              .wslot = c_in * c_out, .wsg = 1, .wsh = c_out, .relu = 0,
+                              .prefetch_end = 0, .zero_init = !accumulate};
     run_gather(&a, n_in, n_out, n_threads);
 }
 
@@ -302,7 +306,7 @@ void sf_transpose(float *out, const float *in, int64_t rows, int64_t cols, int n
  * transposed into the odd buffer, which layer 0 reads and layer 1, the first to write there, no
  * longer needs. Each buffer is sized for its own layers, the last one included unless it writes
  * to a separate out. */
-void sf_network_buffer_sizes(const sf_layer *layers, int n_layers, int64_t B, int last_in_buffer,
+void sf_network_buffer_sizes(const sf_chain_layer *layers, int n_layers, int64_t B, int last_in_buffer,
                              int64_t *even, int64_t *odd)
 {
     *even = 0;
@@ -315,7 +319,7 @@ void sf_network_buffer_sizes(const sf_layer *layers, int n_layers, int64_t B, in
 }
 
 /* The forward arguments of one layer of a network, prefetch decided. */
-static sf_gather_args layer_args(const sf_layer *L, float *y, const float *in, int64_t B)
+static sf_gather_args layer_args(const sf_chain_layer *L, float *y, const float *in, int64_t B)
 {
     sf_gather_args a = forward_args(y, in, L->W, L->b, L->indptr, L->indices, L->c_in, L->c_out,
                                     B, L->relu);
@@ -323,7 +327,7 @@ static sf_gather_args layer_args(const sf_layer *L, float *y, const float *in, i
     return a;
 }
 
-void sf_network_forward(float *out, const float *x, const sf_layer *layers, int n_layers,
+void sf_network_forward(float *out, const float *x, const sf_chain_layer *layers, int n_layers,
                         int64_t B, float *even, float *odd, int n_threads)
 {
     if (n_layers <= 0)
@@ -357,7 +361,7 @@ void sf_network_forward(float *out, const float *x, const sf_layer *layers, int 
 #pragma omp single
 #endif
             {
-                const sf_layer *L = &layers[l];
+                const sf_chain_layer *L = &layers[l];
                 const float *in = l == 0 ? entry : buf[(l - 1) % 2];
                 float *y = l + 1 == n_layers ? out : buf[l % 2];
                 args = layer_args(L, y, in, B);

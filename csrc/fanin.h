@@ -24,7 +24,8 @@
  * Contract: these functions trust their arguments. Every shape, bound and dtype is checked once,
  * at the Python boundary (sparsefan/_validation.py). Each output element is written by exactly one
  * thread, summing in a fixed order, so results are bit-identical for any n_threads.
- * Gradients accumulate (+=) into the caller's buffers, as in llm.c.
+ * Parameter gradients accumulate (+=) into the caller's buffers, as in llm.c; the input
+ * gradient accumulates or overwrites, as its accumulate flag says.
  */
 #ifndef SPARSEFAN_FANIN_H
 #define SPARSEFAN_FANIN_H
@@ -86,12 +87,12 @@ typedef struct {
     const int32_t *indices;
     int64_t n_in, n_out, c_in, c_out;
     int relu;
-} sf_layer;
+} sf_chain_layer;
 
 /* Floats sf_network_forward needs in its two activation buffers for this batch size (*even for
  * the outputs of layers 0, 2, ..., *odd for the input's layout change and layers 1, 3, ...);
  * last_in_buffer: the last layer writes to its buffer too (out == NULL), not to out. */
-void sf_network_buffer_sizes(const sf_layer *layers, int n_layers, int64_t B, int last_in_buffer,
+void sf_network_buffer_sizes(const sf_chain_layer *layers, int n_layers, int64_t B, int last_in_buffer,
                              int64_t *even, int64_t *odd);
 
 /* The layers in order, in one call (inference): x is (B, n_in) row-major -- the NumPy layout of
@@ -101,7 +102,7 @@ void sf_network_buffer_sizes(const sf_layer *layers, int n_layers, int64_t B, in
  * layers[0].c_in == 1). One parallel region covers all the layers. The same per-layer kernels and
  * work split as sf_fanin_forward, so the result is bit-identical to calling it layer by layer,
  * for any n_threads. */
-void sf_network_forward(float *out, const float *x, const sf_layer *layers, int n_layers,
+void sf_network_forward(float *out, const float *x, const sf_chain_layer *layers, int n_layers,
                         int64_t B, float *even, float *odd, int n_threads);
 
 #ifdef __cplusplus

@@ -46,7 +46,9 @@
 #define SF_MAX2(a, b) ((a) > (b) ? (a) : (b))
 #define SF_TMAX SF_MAX2(SF_T1, SF_TC)
 #define SF_RMAX SF_MAX2(SF_R1, SF_RC)
-/* Switch cases are written out to 16; clipping keeps the unreachable ones inside the arrays. */
+/* The masked-tile switches are written out to 8 vectors, the widest tile of every variant (the
+ * check below keeps it so); clipping keeps the cases a narrower tile cannot reach in bounds. */
+typedef char sf_tiles_fit_the_switches[(SF_T1 <= 8 && SF_TC <= 8) ? 1 : -1];
 #define SF_TCLIP(n) ((n) <= SF_TMAX ? (n) : SF_TMAX)
 #define SF_RCLIP(n) ((n) <= SF_RMAX ? (n) : SF_RMAX)
 
@@ -140,14 +142,6 @@ SF_INLINE void SF_FN(gather_tile)(const sf_gather_args *a, int64_t u, int64_t h0
         case 6: if (6 <= TF) SF_GT(SF_TCLIP(6), O, 1, S, G1); break;                                  \
         case 7: if (7 <= TF) SF_GT(SF_TCLIP(7), O, 1, S, G1); break;                                  \
         case 8: if (8 <= TF) SF_GT(SF_TCLIP(8), O, 1, S, G1); break;                                  \
-        case 9: if (9 <= TF) SF_GT(SF_TCLIP(9), O, 1, S, G1); break; \
-        case 10: if (10 <= TF) SF_GT(SF_TCLIP(10), O, 1, S, G1); break; \
-        case 11: if (11 <= TF) SF_GT(SF_TCLIP(11), O, 1, S, G1); break; \
-        case 12: if (12 <= TF) SF_GT(SF_TCLIP(12), O, 1, S, G1); break; \
-        case 13: if (13 <= TF) SF_GT(SF_TCLIP(13), O, 1, S, G1); break; \
-        case 14: if (14 <= TF) SF_GT(SF_TCLIP(14), O, 1, S, G1); break; \
-        case 15: if (15 <= TF) SF_GT(SF_TCLIP(15), O, 1, S, G1); break; \
-        case 16: if (16 <= TF) SF_GT(SF_TCLIP(16), O, 1, S, G1); break; \
         default: break;                                                                        \
         }                                                                                      \
     }

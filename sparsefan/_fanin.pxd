@@ -24,16 +24,16 @@ cdef extern from "fanin.h" nogil:
     void sf_relu_backward(float *dz, const float *dy, const float *y, int64_t n, int n_threads)
     void sf_transpose(float *out, const float *inp, int64_t rows, int64_t cols, int n_threads)
 
-    ctypedef struct sf_layer:
+    ctypedef struct sf_chain_layer:
         const float *W
         const float *b
         const int64_t *indptr
         const int32_t *indices
         int64_t n_in, n_out, c_in, c_out
         int relu
-    void sf_network_buffer_sizes(const sf_layer *layers, int n_layers, int64_t B,
+    void sf_network_buffer_sizes(const sf_chain_layer *layers, int n_layers, int64_t B,
                                  int last_in_buffer, int64_t *even, int64_t *odd)
-    void sf_network_forward(float *out, const float *x, const sf_layer *layers, int n_layers,
+    void sf_network_forward(float *out, const float *x, const sf_chain_layer *layers, int n_layers,
                             int64_t B, float *even, float *odd, int n_threads)
 
 

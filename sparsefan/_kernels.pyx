@@ -11,7 +11,7 @@ import numpy as np
 from sparsefan._fanin cimport (
     sf_openmp_enabled, SF_CPU_N_VARIANTS, sf_cpu_variant, sf_cpu_variant_name,
     sf_cpu_variant_supported, sf_set_cpu_variant, sf_fanin_forward, sf_fanin_backward_input,
-    sf_fanin_backward_params, sf_relu_backward, sf_transpose, sf_layer, sf_network_buffer_sizes,
+    sf_fanin_backward_params, sf_relu_backward, sf_transpose, sf_chain_layer, sf_network_buffer_sizes,
     sf_network_forward, sf_certify_mean_logits,
 )
 from libc.stdlib cimport malloc, free
@@ -149,7 +149,7 @@ cdef class NetworkPlan:
     holds the arrays, so the pointers it keeps stay valid; ``arrays`` lists them, so that the
     caller can tell when a layer's parameters were replaced.
     """
-    cdef sf_layer *layers
+    cdef sf_chain_layer *layers
     cdef int n_layers
     cdef object spare  # a small scratch buffer kept between calls (fresh pages cost page faults)
     cdef readonly tuple arrays
@@ -158,7 +158,7 @@ cdef class NetworkPlan:
     def __cinit__(self, specs):
         specs = list(specs)
         self.n_layers = len(specs)
-        self.layers = <sf_layer *>malloc(max(1, self.n_layers) * sizeof(sf_layer))
+        self.layers = <sf_chain_layer *>malloc(max(1, self.n_layers) * sizeof(sf_chain_layer))
         if self.layers == NULL:
             raise MemoryError()
         keep = []
