@@ -18,9 +18,7 @@
 #include <omp.h>
 #endif
 
-/* Below this many multiply-adds a parallel region costs more than it saves (the single-example
- * path of a small network stays on the calling thread). */
-#define PARALLEL_MIN_WORK 65536
+#define PARALLEL_MIN_WORK SF_PARALLEL_MIN_WORK
 /* Work ranges per thread: enough for dynamic scheduling to even out noisy neighbours. */
 #define CHUNKS_PER_THREAD 8
 #define MAX_CHUNKS 512

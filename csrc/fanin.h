@@ -36,6 +36,10 @@
 extern "C" {
 #endif
 
+/* Below this many multiply-adds a kernel call stays on the calling thread (a parallel region
+ * costs more than it saves; the single-example path of a small network). */
+#define SF_PARALLEL_MIN_WORK 65536
+
 /* 1 when this build uses OpenMP, 0 when it runs single-threaded. */
 int sf_openmp_enabled(void);
 

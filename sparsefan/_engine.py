@@ -22,6 +22,9 @@ from sparsefan import _kernels
 # cache lines cost the kernels up to a third of their speed, so the arrays this package allocates
 # start on a cache-line boundary (so does every row when the batch is a multiple of 16).
 ALIGNMENT = 64
+# Multiply-adds below which a kernel call stays on the calling thread (tests size their
+# thread-count checks above it, so that the threads really split the work).
+PARALLEL_MIN_WORK = _kernels.PARALLEL_MIN_WORK
 
 
 def openmp_enabled():

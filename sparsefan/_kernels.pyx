@@ -9,12 +9,16 @@ import warnings
 import numpy as np
 
 from sparsefan._fanin cimport (
-    sf_openmp_enabled, SF_CPU_N_VARIANTS, sf_cpu_variant, sf_cpu_variant_name,
+    sf_openmp_enabled, SF_PARALLEL_MIN_WORK, SF_CPU_N_VARIANTS, sf_cpu_variant, sf_cpu_variant_name,
     sf_cpu_variant_supported, sf_set_cpu_variant, sf_fanin_forward, sf_fanin_backward_input,
     sf_fanin_backward_params, sf_relu_backward, sf_transpose, sf_chain_layer, sf_network_buffer_sizes,
     sf_network_forward, sf_certify_mean_logits,
 )
 from libc.stdlib cimport malloc, free
+
+
+# Multiply-adds below which a kernel call runs on the calling thread alone (csrc/fanin.h).
+PARALLEL_MIN_WORK = SF_PARALLEL_MIN_WORK
 
 
 def openmp_enabled():

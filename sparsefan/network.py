@@ -127,7 +127,8 @@ class Network:
         return sum(layer.n_params for layer in self.layers)
 
     def flops(self, batch=1):
-        """Multiply-add FLOPs of one forward pass through the layers (aggregation excluded)."""
+        """FLOPs of one forward pass through the layers, 2 per multiply-add (as
+        ``FanIn.flops``; aggregation excluded)."""
         return sum(layer.flops(batch) for layer in self.layers)
 
     def connectivities(self):

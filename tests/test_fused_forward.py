@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import sparsefan as sf
+from sparsefan import _engine
 from sparsefan import _kernels, reference
 from sparsefan.layers import FanIn
 from sparsefan.network import Network
@@ -70,10 +71,10 @@ def test_fused_forward_without_kept_buffer(monkeypatch, n_layers, batch, rng):
 
 
 def test_single_example_split_across_threads(rng):
-    # batch 1 above the kernels' parallel threshold (65,536 multiply-adds per layer): the
+    # batch 1 above the kernels' parallel threshold (PARALLEL_MIN_WORK multiply-adds a layer): the
     # region really runs on several threads, and the result must not depend on their number
     net = _chain((3000, 3000), (8, 3), n_in=400)
-    assert 3000 * 3 * 1 * 8 >= 65536
+    assert 3000 * 3 * 1 * 8 >= _engine.PARALLEL_MIN_WORK
     x = rng.random((1, 400), dtype=np.float32)
     got = [net.unit_logits(x, n) for n in (1, 2, 3)]
     assert np.array_equal(got[0], got[1]) and np.array_equal(got[0], got[2])

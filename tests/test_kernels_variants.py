@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import sparsefan as sf
+from sparsefan import _engine
 from sparsefan import _kernels
 from sparsefan import reference as ref
 
@@ -129,7 +130,7 @@ def test_bit_identical_for_any_thread_count(variant, conn_case, rng):
     for c_in, c_out, batch in ((1, 1, 77), (2, 3, 40)):
         layer = _layer(conn, c_in, c_out, "relu")
         # above the kernels' parallel threshold, so 2 and 3 threads really split the rows
-        assert conn.nnz * c_in * c_out * batch >= 65536
+        assert conn.nnz * c_in * c_out * batch >= _engine.PARALLEL_MIN_WORK
         x = rng.standard_normal((batch, conn.n_in, c_in)).astype(np.float32)
         results = []
         for n in (1, 2, 3):
