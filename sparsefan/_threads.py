@@ -85,12 +85,12 @@ def resolve_n_threads(n_threads, name="n_threads"):
         n = int(n_threads)
     else:
         n = max(1, usable_cpu_count() + 1 + int(n_threads))
-    if not _engine.openmp_enabled():
-        return 1
     cap = max_threads()
-    if n > cap:
+    if n > cap:  # warned about with or without OpenMP: the same call, the same message
         warnings.warn(f"{name}={n} is more threads than {cap} (the cap for "
                       f"{usable_cpu_count()} usable CPUs); using {cap}", RuntimeWarning,
                       stacklevel=3)
         n = cap
+    if not _engine.openmp_enabled():
+        return 1
     return n
