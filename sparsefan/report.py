@@ -179,11 +179,13 @@ def _plots(results, out_dir):
     for key, xlabel, ylabel, fname, anchors in specs:
         fig, ax = plt.subplots(figsize=(6, 4))
         drawn = False
-        for r in results:
+        for i, r in enumerate(results):
             if key not in r:
                 continue
             pts = sorted((float(k), v) for k, v in r[key].items())
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=r["label"])
+            # ten colours, then the next line style: every model stays distinguishable
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=r["label"],
+                    linestyle=("-", "--", ":", "-.")[(i // 10) % 4])
             drawn = True
         for (label, px, py), marker in zip(anchors, "*Dsv"):
             ax.plot([px], [py], marker, color="k", markersize=8, linestyle="none", label=label)
