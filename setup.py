@@ -88,7 +88,9 @@ extensions = [
         include_dirs=["csrc"],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
-        depends=["csrc/fanin.h", "csrc/certify.h", "csrc/fanin_kernels.h", "csrc/fanin_simd.h", "csrc/fanin_ymm.h",
+        depends=["csrc/fanin.h", "csrc/certify.h", "csrc/fanin_kernels.h", "csrc/fanin_simd.h",
+                 "csrc/fanin_simd_gather.h", "csrc/fanin_simd_params.h",
+                 "csrc/fanin_simd_transpose.h", "csrc/fanin_ymm.h",
                  "sparsefan/_fanin.pxd"],
     )
 ]

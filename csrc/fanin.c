@@ -12,6 +12,20 @@
 #include "fanin.h"
 #include "fanin_kernels.h"
 
+/* Preconditions of the entry points, checked in debug builds (-DSF_DEBUG, as the sanitizer
+ * stage of .ci/run builds): the Python boundary validates everything once, so these can only
+ * fire on a bug in that boundary. Free in release builds. */
+#ifdef SF_DEBUG
+#undef NDEBUG
+#include <assert.h>
+#define SF_REQUIRE(cond) assert(cond)
+#else
+#define SF_REQUIRE(cond) ((void)0)
+#endif
+#define SF_REQUIRE_SHAPE(n_in, n_out, c_in, c_out, B, n_threads)                               \
+    SF_REQUIRE((n_in) >= 1 && (n_out) >= 0 && (c_in) >= 1 && (c_out) >= 1 && (B) >= 0 &&       \
+               (n_threads) >= 1)
+
 #include <stddef.h>
 
 #ifdef _OPENMP
@@ -208,6 +222,9 @@ void sf_fanin_forward(float *y, const float *x, const float *W, const float *b,
                       int64_t n_in, int64_t n_out, int64_t c_in, int64_t c_out, int64_t B,
                       int relu, int n_threads)
 {
+    SF_REQUIRE_SHAPE(n_in, n_out, c_in, c_out, B, n_threads);
+    SF_REQUIRE(y && x && indptr && (indptr[n_out] == 0 || (W && indices)) && y != x);
+    SF_REQUIRE(indptr[0] == 0);
     const sf_gather_args a = forward_args(y, x, W, b, indptr, indices, c_in, c_out, B, relu);
     run_gather(&a, n_out, n_in, n_threads);
 }
@@ -221,6 +238,9 @@ void sf_fanin_backward_input(float *dx, const float *dy, const float *W,
                              int64_t n_in, int64_t n_out, int64_t c_in, int64_t c_out, int64_t B,
                              int accumulate, int n_threads)
 {
+    SF_REQUIRE_SHAPE(n_in, n_out, c_in, c_out, B, n_threads);
+    SF_REQUIRE(dx && t_indptr && t_indptr[0] == 0 && dx != dy);
+    SF_REQUIRE(t_indptr[n_in] == 0 || (dy && W && t_rows && t_slots));
     const sf_gather_args a = {.out = dx, .in = dy, .W = W, .bias = NULL, .ptr = t_indptr,
                               .rows = t_rows, .slots = t_slots, .G = c_out, .H = c_in, .B = B,
                               .wslot = c_in * c_out, .wsg = 1, .wsh = c_out, .relu = 0,
@@ -236,6 +256,9 @@ void sf_fanin_backward_params(float *dW, float *db, const float *dy, const float
                               int64_t n_in, int64_t n_out, int64_t c_in, int64_t c_out, int64_t B,
                               int n_threads)
 {
+    SF_REQUIRE_SHAPE(n_in, n_out, c_in, c_out, B, n_threads);
+    SF_REQUIRE(dy && x && indptr && indptr[0] == 0);  /* db may be NULL */
+    SF_REQUIRE(indptr[n_out] == 0 || (dW && indices));
     const sf_kernel_table *k = kernels();
     const int64_t work = indptr[n_out] * c_in * c_out * B;
     const int par = use_threads(work, n_threads);
@@ -328,6 +351,9 @@ static sf_gather_args layer_args(const sf_chain_layer *L, float *y, const float 
 void sf_network_forward(float *out, const float *x, const sf_chain_layer *layers, int n_layers,
                         int64_t B, float *even, float *odd, int n_threads)
 {
+    SF_REQUIRE(x && layers && B >= 0 && n_threads >= 1);  /* out NULL: the last buffer */
+    for (int l = 1; l < n_layers; ++l)  /* the chain fits together */
+        SF_REQUIRE(layers[l].n_in == layers[l - 1].n_out && layers[l].c_in == layers[l - 1].c_out);
     if (n_layers <= 0)
         return;
     const sf_kernel_table *k = kernels();
