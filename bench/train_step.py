@@ -7,8 +7,10 @@ The architectures of experiments/mnist_results.py with random weights (the time 
 depend on them), at the trainer's default batch of 128. Prints the median time of
 ``Network.loss_and_grad`` and the share of it spent in the forward pass (``forward_fm``), so
 that a change to the kernels or to the glue around them can be measured in one command. The
-last column is a step of certified L2 training (``sparsefan.train.certified_step``: the same
-plus the Lipschitz bound, its power iteration and its gradient), same run.
+last columns are a step of certified L2 training (``sparsefan.train.certified_step``: the same
+plus the Lipschitz bound, its power iteration and its gradient) and of certified L0 training at
+12 pixels (``sparsefan.certify.L0Bound``: the influence bound's passes over |W| and the chain
+term), same run.
 """
 import argparse
 import os
@@ -21,6 +23,7 @@ from network_latency import ARCHITECTURES  # noqa: E402
 
 import sparsefan as sf  # noqa: E402
 from sparsefan._timing import median_seconds as median_time  # noqa: E402
+from sparsefan.certify import L0Bound  # noqa: E402
 from sparsefan.lipschitz import MarginBound  # noqa: E402
 from sparsefan.train import TrainConfig, certified_step  # noqa: E402
 
@@ -36,7 +39,7 @@ def main():
     y = rng.integers(0, 10, args.batch)
     print(f"batch {args.batch}, threads {args.threads}, medians of {args.repeats}")
     print(f"{'model':12s} {'step ms':>8s} {'forward ms':>11s} {'GFLOP/s':>8s} "
-          f"{'certified step ms':>18s}")
+          f"{'certified L2 step ms':>21s} {'certified L0 step ms':>21s}")
     for name, build in ARCHITECTURES.items():
         net = build()
         grads = [(np.zeros(l.weight_shape, np.float32), np.zeros(l.bias_shape, np.float32))
@@ -50,8 +53,13 @@ def main():
         bound = MarginBound(net)
         cert = median_time(lambda: certified_step(net, bound, x, y, 1.58, cfg, grads),
                            args.repeats)
+        cfg0 = TrainConfig(l0_radius=12, n_threads=args.threads)
+        bound0 = L0Bound(net, 12)
+        cert0 = median_time(lambda: certified_step(net, bound0, x, y, 1.0, cfg0, grads),
+                            args.repeats)
         print(f"{name:12s} {step * 1e3:8.1f} {fwd * 1e3:11.1f} {flops / step / 1e9:8.1f} "
-              f"{cert * 1e3:12.1f} ({cert / step:.2f}x)")
+              f"{cert * 1e3:14.1f} ({cert / step:.2f}x) {cert0 * 1e3:14.1f} "
+              f"({cert0 / step:.2f}x)")
 
 
 if __name__ == "__main__":

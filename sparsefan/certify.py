@@ -237,13 +237,15 @@ def _check_influence_activations(network):
 
 
 def _head_signal(network, weight, pairs):
-    """(diff, g): diff (nnz, h, P) = |W_head[:, :, a] - W_head[:, :, b]| for pairs p = (a, b),
-    g (n_in, h, P) its sum over the head's connections that read each input, / M."""
+    """(d, g): d (nnz, h, P) = W_head[:, :, a] - W_head[:, :, b] for pairs p = (a, b), g
+    (n_in, h, P) the sum of |d| over the head's connections that read each input, / M."""
     head = network.layers[-1]
-    diff = np.abs(weight[:, :, [a for a, _ in pairs]] - weight[:, :, [b for _, b in pairs]])
-    g = np.zeros((head.n_in, head.c_in, len(pairs)), dtype=diff.dtype)
-    np.add.at(g, head.connectivity.indices, diff / network.n_units)
-    return diff, g
+    d = weight[:, :, [a for a, _ in pairs]] - weight[:, :, [b for _, b in pairs]]
+    if head.connectivity.is_identity():  # one connection per input, in order: no scatter
+        return d, np.abs(d) / network.n_units
+    g = np.zeros((head.n_in, head.c_in, len(pairs)), dtype=d.dtype)
+    np.add.at(g, head.connectivity.indices, np.abs(d) / network.n_units)
+    return d, g
 
 
 def _pair_sum(t, layer):
@@ -325,13 +327,13 @@ class L0Bound:
     def _influence_value(self):
         net, r = self.network, self.radius
         W = net.layers[-1].weight
-        diff, g = _head_signal(net, W, self.pairs)
+        d, g = _head_signal(net, W, self.pairs)
         abs_layers = _abs_weights(net)
         G, signals = _abs_backward(net, abs_layers, g)
         G = G.reshape(net.n_in, -1)  # (N, P) (c_in = 1 at the input)
         sel = np.argpartition(-G, r - 1, axis=0)[:r]  # (r, P): the r costliest pixels
         value = np.take_along_axis(G, sel, axis=0).astype(np.float64).sum(axis=0)
-        self._saved = dict(diff=diff, sel=sel, abs_layers=abs_layers, signals=signals)
+        self._saved = dict(sign=np.sign(d), sel=sel, abs_layers=abs_layers, signals=signals)
         return lipschitz._to_matrix(value, net.n_classes)
 
     def _influence_backward(self, dK, grads):
@@ -351,14 +353,12 @@ class L0Bound:
             h = _engine.linear_forward(layer.connectivity, a, layer.c_in, layer.c_out, h, n)
             if layers[l].activation == "maxmin":
                 h = _pair_sum(h, layers[l])
-        # head: value_p = sum_q diff[q, :, p] . h[idx_q, :, p] / M
+        # head: value_p = sum_q |d[q, :, p]| . h[idx_q, :, p] / M
         head = layers[-1]
-        hq = h[head.connectivity.indices].astype(np.float64)  # (nnz, h, P)
-        W = head.weight
-        sign = np.sign(W[:, :, [a for a, _ in self.pairs]] - W[:, :, [b for _, b in self.pairs]])
-        gd = sign * hq * (gK / net.n_units)[None, None, :]
+        hq = h[head.connectivity.indices]  # (nnz, h, P)
+        gd = sv["sign"] * hq * (gK / net.n_units).astype(np.float32)[None, None, :]
         gw = grads[-1][0]
-        gw += (gd @ self.E).astype(np.float32)
+        gw += gd @ self.E.astype(np.float32)
         # the layers below: d value / d|W_l| = sum_p h_l x (the signal at l's output) * gK_p
         scale = gK.astype(np.float32)[None, None, :]
         for l, layer in enumerate(layers[:-1]):
