@@ -96,32 +96,28 @@ def cmd_train(args):
     print(net.summary())
     result = train(net, x_train, y_train.astype(np.int64), config, checkpoint=args.checkpoint,
                    resume=args.resume, progress=not args.quiet)
-    acc, loss = evaluate(net, as_float_inputs(x_test), y_test.astype(np.int64), args.threads)
+    xt, yt = as_float_inputs(x_test), y_test.astype(np.int64)
+    acc, loss = evaluate(net, xt, yt, args.threads)
     print(f"test accuracy {100 * acc:.2f}%  ({len(x_test)} examples, {args.data}); "
           f"training {result.seconds:.0f}s, {result.steps} steps")
     meta = {"dataset": args.data, "test_accuracy": acc, "train_seconds": result.seconds,
             "config": json.loads(config.to_json()), "history": result.history,
             "command": " ".join(sys.argv)}
-    if net.aggregate == "mean_logits" and config.l2_epsilon > 0:
+    if net.aggregate == "mean_logits" and (config.l2_epsilon or config.l0_radius):
         from sparsefan import certify
 
-        radius = certify.l2_radius(net, as_float_inputs(x_test), y_test.astype(np.int64),
-                                   n_threads=args.threads)
-        cert = float((radius >= config.l2_epsilon).mean())
-        meta["test_certified_l2"] = {"epsilon": config.l2_epsilon, "accuracy": cert,
-                                     "median_radius": float(np.median(radius))}
-        print(f"certified L2 accuracy at eps {config.l2_epsilon:g}: {100 * cert:.2f}% "
-              f"(median radius {np.median(radius):.3f}; sparsefan.certify.l2_radius)")
-    if net.aggregate == "mean_logits" and config.l0_radius > 0:
-        from sparsefan import certify
-
-        radius = certify.l0_radius(net, as_float_inputs(x_test), y_test.astype(np.int64),
-                                   n_threads=args.threads)
-        cert = float((radius >= config.l0_radius).mean())
-        meta["test_certified_l0"] = {"radius": config.l0_radius, "accuracy": cert,
-                                     "median_radius": float(np.median(radius))}
-        print(f"certified L0 accuracy at {config.l0_radius} pixels: {100 * cert:.2f}% "
-              f"(median radius {np.median(radius):g}; sparsefan.certify.l0_radius)")
+        # the certificate the network was trained for, on the test set
+        if config.l2_epsilon:
+            key, target, fn = "test_certified_l2", config.l2_epsilon, certify.l2_radius
+            what, field = f"L2 accuracy at eps {target:g}", "epsilon"
+        else:
+            key, target, fn = "test_certified_l0", config.l0_radius, certify.l0_radius
+            what, field = f"L0 accuracy at {target} pixels", "radius"
+        radius = fn(net, xt, yt, n_threads=args.threads)
+        cert = float((radius >= target).mean())
+        meta[key] = {field: target, "accuracy": cert, "median_radius": float(np.median(radius))}
+        print(f"certified {what}: {100 * cert:.2f}% (median radius {np.median(radius):.4g}; "
+              f"sparsefan.certify.{fn.__name__})")
     io.save_model(net, args.out, metadata=meta)
     print(f"saved {args.out}")
     return 0

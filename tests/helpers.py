@@ -55,3 +55,42 @@ def numeric_grad(f, arr, eps=1e-6):
         arr[idx] = old
         g[idx] = (up - down) / (2 * eps)
     return g
+
+
+def quiet(_):
+    """A trainer log that prints nothing."""
+
+
+def tiny_task(n, seed):
+    """3 classes over 12 inputs: class c images are grey level c / 2 plus noise, so every unit
+    sees evidence and some examples get a certificate worth testing."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = np.clip(y[:, None] / 2 + 0.2 * rng.standard_normal((n, 12)), 0, 1).astype(np.float32)
+    return x, y
+
+
+def check_resume_is_bit_identical(make_net, x, y, config, checkpoint):
+    """Train make_net() uninterrupted, and again interrupted after epoch 1 and resumed from
+    ``checkpoint``: the weights must be bit-identical."""
+    import pytest
+
+    from sparsefan.train import train
+
+    full = make_net()
+    train(full, x, y, config, progress=False, log=quiet)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(line):
+        if line.startswith("epoch   2"):
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(make_net(), x, y, config, checkpoint=checkpoint, progress=False, log=stop)
+    resumed = make_net()
+    train(resumed, x, y, config, checkpoint=checkpoint, resume=True, progress=False, log=quiet)
+    for a, b in zip(full.layers, resumed.layers):
+        assert np.array_equal(a.weight, b.weight) and np.array_equal(a.bias, b.bias)
+

@@ -147,13 +147,12 @@ def test_read_idx_dimension_product_is_exact(tmp_path, compress, dims, nbytes):
 
 
 _LIMITED = r"""
-import re, resource, sys, time
+import re, resource, sys
 from sparsefan.datasets import DatasetError, read_idx
 vm = int(re.search(r"VmSize:\s+(\d+) kB", open("/proc/self/status").read()).group(1)) << 10
 hard = resource.getrlimit(resource.RLIMIT_AS)[1]
 resource.setrlimit(resource.RLIMIT_AS, (vm + (256 << 20), hard))
 for p in sys.argv[1:]:
-    t = time.perf_counter()
     try:
         read_idx(p)
         r = "returned"
@@ -161,13 +160,13 @@ for p in sys.argv[1:]:
         r = f"DatasetError: {e}"
     except BaseException as e:
         r = f"{type(e).__name__}: {e}"
-    print(f"{time.perf_counter() - t:.2f} {r}", flush=True)
+    print(r, flush=True)
 """
 
 
 def _read_with_memory_limit(paths):
     """read_idx on each path in a fresh interpreter limited to 256 MiB of address space beyond
-    what it holds after importing sparsefan: (seconds, outcome) per path."""
+    what it holds after importing sparsefan: the outcome per path."""
     resource = pytest.importorskip("resource")
     if not os.path.exists("/proc/self/status"):
         pytest.skip("needs /proc/self/status")
@@ -181,7 +180,7 @@ def _read_with_memory_limit(paths):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert len(lines) == len(paths), out.stdout + out.stderr
-    return [(float(t), r) for t, r in (line.split(" ", 1) for line in lines)]
+    return lines
 
 
 def test_read_idx_huge_claims_allocate_nothing(tmp_path):
@@ -203,10 +202,9 @@ def test_read_idx_huge_claims_allocate_nothing(tmp_path):
     expect = ["more than the limit", "truncated: header promises 805306368 bytes of data, "
               "found 4096", "more than a \\d+-byte gzip file can hold",
               "truncated: header promises 805306368 bytes of data, found 1048576"]
-    for (seconds, outcome), name, pattern in zip(results, cases, expect):
+    for outcome, name, pattern in zip(results, cases, expect):
         assert outcome.startswith("DatasetError: "), (name, outcome)
         assert name in outcome and re.search(pattern, outcome), (name, outcome)
-        assert seconds < 10, (name, seconds)
 
 
 def _zeros_gzip(n):
@@ -226,11 +224,10 @@ def test_read_idx_gzip_bomb(tmp_path):
     assert big.stat().st_size < 2 << 20
     tail = tmp_path / "tail.idx.gz"
     tail.write_bytes(gzip.compress(_header(0x08, (64, 64))) + _zeros_gzip(4096 + (1 << 30)))
-    (t1, r1), (t2, r2) = _read_with_memory_limit([big, tail])
+    r1, r2 = _read_with_memory_limit([big, tail])
     assert r1.startswith("DatasetError: ") and "1200000000 bytes of data: more than the limit" \
         in r1, r1
     assert r2.startswith("DatasetError: ") and "trailing bytes after the data" in r2, r2
-    assert t1 < 5 and t2 < 5, (t1, t2)
 
 
 def test_read_idx_reports_every_truncation(tmp_path):

@@ -10,18 +10,11 @@ from sparsefan import attacks, builders, certify, lipschitz
 from sparsefan.network import Network
 from sparsefan.train import TrainConfig, train, train_epsilon
 
+from helpers import check_resume_is_bit_identical, quiet, tiny_task
+
 SHAPE = (3, 4)
 
 
-def quiet(_):
-    pass
-
-
-def tiny_task(n, seed):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 3, n)
-    x = np.clip(y[:, None] / 2 + 0.2 * rng.standard_normal((n, 12)), 0, 1).astype(np.float32)
-    return x, y
 
 
 NETS = {
@@ -173,24 +166,9 @@ def test_predict_certified_of_an_l0_trained_network():
 def test_l0_training_resumes_bit_identically(tmp_path):
     x, y = tiny_task(300, 0)
     cfg = TrainConfig(epochs=3, batch_size=32, lr=3e-2, l0_radius=2)
-    full = builders.direct(SHAPE, 3, n_units=10, fan_in=4, hidden=(4,), seed=1)
-    train(full, x, y, cfg, progress=False, log=quiet)
-
-    class Interrupt(Exception):
-        pass
-
-    def stop(line):
-        if line.startswith("epoch   2"):
-            raise Interrupt
-
-    ckpt = tmp_path / "l0.ckpt"
-    first = builders.direct(SHAPE, 3, n_units=10, fan_in=4, hidden=(4,), seed=1)
-    with pytest.raises(Interrupt):
-        train(first, x, y, cfg, checkpoint=ckpt, progress=False, log=stop)
-    resumed = builders.direct(SHAPE, 3, n_units=10, fan_in=4, hidden=(4,), seed=1)
-    train(resumed, x, y, cfg, checkpoint=ckpt, resume=True, progress=False, log=quiet)
-    for a, b in zip(full.layers, resumed.layers):
-        assert np.array_equal(a.weight, b.weight) and np.array_equal(a.bias, b.bias)
+    check_resume_is_bit_identical(
+        lambda: builders.direct(SHAPE, 3, n_units=10, fan_in=4, hidden=(4,), seed=1), x, y, cfg,
+        tmp_path / "cert.ckpt")
 
 
 def test_ramp_of_the_l0_bound():

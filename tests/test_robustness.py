@@ -8,20 +8,11 @@ import pytest
 from sparsefan import attacks, builders, certify, datasets
 from sparsefan.train import TrainConfig, as_float_inputs, train
 
+from helpers import quiet, tiny_task
+
 SHAPE = (3, 4)  # N = 12 inputs: every subset of up to 3 pixels can be enumerated
 
 
-def quiet(_):
-    pass
-
-
-def tiny_task(n, seed):
-    """3 classes: class c images are grey level c / 2 plus noise, so every unit sees evidence
-    and some examples get a certificate worth testing."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 3, n)
-    x = np.clip(y[:, None] / 2 + 0.2 * rng.standard_normal((n, 12)), 0, 1).astype(np.float32)
-    return x, y
 
 
 def l0_neighbours(x, r, grid=(0.0, 0.5, 1.0)):

@@ -3,7 +3,6 @@ buffers, batch sizes, float indices, loss weights, overflowing weights, output p
 import os
 import subprocess
 import sys
-import time
 import warnings
 
 import numpy as np
@@ -76,10 +75,8 @@ def test_unit_logits_batch_size(bs, exc):
     lambda: sf.Connectivity.gaussian((28, 28), 10**10, 9),
 ])
 def test_oversized_tables_are_refused_before_any_allocation(make):
-    t0 = time.perf_counter()
-    with pytest.raises(ValueError, match="n_in|n_out|connections"):
+    with pytest.raises(ValueError, match="n_in|n_out|connections"):  # not a MemoryError
         make()
-    assert time.perf_counter() - t0 < 5  # a size check, not a MemoryError after the work
 
 
 def test_rows_must_hold_integers():
