@@ -55,6 +55,15 @@ int sf_openmp_enabled(void)
 #endif
 }
 
+int sf_openmp_max_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* CPU dispatch                                                                                */
 

@@ -42,6 +42,9 @@ extern "C" {
 
 /* 1 when this build uses OpenMP, 0 when it runs single-threaded. */
 int sf_openmp_enabled(void);
+/* The OpenMP runtime's current thread limit (omp_get_max_threads: OMP_NUM_THREADS, or what
+ * omp_set_num_threads / threadpoolctl last set); 1 without OpenMP. */
+int sf_openmp_max_threads(void);
 
 /* Kernel variants, in increasing order of capability. */
 enum { SF_CPU_GENERIC = 0, SF_CPU_AVX2 = 1, SF_CPU_AVX512 = 2, SF_CPU_N_VARIANTS = 3 };

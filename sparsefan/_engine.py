@@ -31,6 +31,11 @@ def openmp_enabled():
     return _kernels.openmp_enabled()
 
 
+def openmp_max_threads():
+    """The OpenMP runtime's current limit (what threadpoolctl and ``omp_set_num_threads`` set)."""
+    return _kernels.openmp_max_threads()
+
+
 def empty_aligned(shape, zero=False):
     """A C-contiguous float32 array of ``shape`` starting on a 64-byte boundary."""
     shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(map(int, shape))

@@ -3,6 +3,7 @@ from libc.stdint cimport int32_t, int64_t
 
 cdef extern from "fanin.h" nogil:
     int sf_openmp_enabled()
+    int sf_openmp_max_threads()
     enum: SF_PARALLEL_MIN_WORK
     int SF_CPU_N_VARIANTS
     int sf_cpu_variant()

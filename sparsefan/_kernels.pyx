@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 
 from sparsefan._fanin cimport (
-    sf_openmp_enabled, SF_PARALLEL_MIN_WORK, SF_CPU_N_VARIANTS, sf_cpu_variant, sf_cpu_variant_name,
+    sf_openmp_enabled, sf_openmp_max_threads, SF_PARALLEL_MIN_WORK, SF_CPU_N_VARIANTS, sf_cpu_variant, sf_cpu_variant_name,
     sf_cpu_variant_supported, sf_set_cpu_variant, sf_fanin_forward, sf_fanin_backward_input,
     sf_fanin_backward_params, sf_relu_backward, sf_transpose, sf_chain_layer, sf_network_buffer_sizes,
     sf_network_forward, sf_certify_mean_logits,
@@ -23,6 +23,10 @@ PARALLEL_MIN_WORK = SF_PARALLEL_MIN_WORK
 
 def openmp_enabled():
     return bool(sf_openmp_enabled())
+
+
+def openmp_max_threads():
+    return sf_openmp_max_threads()
 
 
 # -- CPU variants ---------------------------------------------------------------------------------
