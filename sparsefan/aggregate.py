@@ -8,7 +8,9 @@ Per-unit logits are held as ``Z`` of shape (M units, C classes, batch) — the k
                    fractions; scores = vote fractions. Not differentiable: train it with the
                    per-unit loss.
 
-Losses (mean over the batch) and their gradients w.r.t. Z, in float64 for stability.
+Losses (mean over the batch) and their gradients w.r.t. Z, in float64 for stability. Targets
+``y`` are int labels (batch,) or, for soft labels, probability vectors (batch, C): the loss is
+then the cross-entropy against the distribution, -sum_c y[b, c] log p[b, c].
 """
 import numpy as np
 
@@ -76,16 +78,33 @@ def scores(Z, aggregate):
     return probabilities(Z, aggregate)
 
 
+def is_soft(y):
+    """True for soft targets (batch, C), False for int labels (batch,)."""
+    return np.ndim(y) == 2
+
+
+def _cross_entropy(logp, y):
+    """Mean over the batch of the cross-entropy of log-probabilities logp (C, B) against the
+    targets, and dL/d logits = (softmax - target) / B."""
+    B = logp.shape[1]
+    d = np.exp(logp)
+    if is_soft(y):
+        t = np.asarray(y, dtype=np.float64).T
+        loss = -(t * logp).sum() / B
+        d -= t
+    else:
+        cols = np.arange(B)
+        loss = -logp[y, cols].mean()
+        d[y, cols] -= 1.0
+    d /= B
+    return loss, d
+
+
 def mean_logits_loss(Z, y):
     """Cross-entropy of the mean-logits aggregate and its gradient, which is the same for every
     unit: returns (loss, g) with g (C, B) float64 and dL/dZ[j] = g for every unit j."""
-    M, C, B = np.shape(Z)
-    cols = np.arange(B)
-    logp = log_softmax(mean_logits(Z), axis=0)
-    loss = -logp[y, cols].mean()
-    dS = np.exp(logp)
-    dS[y, cols] -= 1.0
-    dS /= B
+    M = np.shape(Z)[0]
+    loss, dS = _cross_entropy(log_softmax(mean_logits(Z), axis=0), y)
     return loss, dS / M
 
 
@@ -120,13 +139,21 @@ def margin_loss(Z, y, offsets, scale=1.0):
 def aggregate_loss(Z, y, aggregate):
     """Cross-entropy of the aggregate and its gradient dL/dZ (same shape as Z).
 
-    Z (M, C, B), y (B,) int class labels.
+    Z (M, C, B), y (B,) int class labels or (B, C) soft targets.
     """
     M, C, B = np.shape(Z)
     cols = np.arange(B)
     if aggregate == "mean_logits":
         loss, g = mean_logits_loss(Z, y)
         return loss, np.broadcast_to(g, (M, C, B)).copy()
+    if aggregate == "mean_prob" and is_soft(y):
+        P = softmax(np.asarray(Z, dtype=np.float64), axis=1)  # (M, C, B)
+        pbar = np.maximum(P.mean(axis=0), 1e-30)  # (C, B)
+        t = np.asarray(y, dtype=np.float64).T
+        loss = -(t * np.log(pbar)).sum() / B
+        G = -t / (M * B * pbar)  # dL/dP[j] for every unit j; then through each softmax
+        dZ = P * (G - (P * G).sum(axis=1, keepdims=True))
+        return loss, dZ
     if aggregate == "mean_prob":
         P = softmax(np.asarray(Z, dtype=np.float64), axis=1)  # (M, C, B)
         pbar_y = np.maximum(P[:, y, cols].mean(axis=0), 1e-30)  # (B,)
@@ -147,7 +174,12 @@ def unit_loss(Z, y):
     M, C, B = Z.shape
     cols = np.arange(B)
     logp = log_softmax(Z, axis=1)
-    loss = -logp[:, y, cols].mean()
     dZ = np.exp(logp)
-    dZ[:, y, cols] -= 1.0
+    if is_soft(y):
+        t = np.asarray(y, dtype=np.float64).T  # (C, B), the same target for every unit
+        loss = -(t * logp).sum() / (M * B)
+        dZ -= t
+    else:
+        loss = -logp[:, y, cols].mean()
+        dZ[:, y, cols] -= 1.0
     return loss, dZ / (M * B)

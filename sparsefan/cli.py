@@ -95,7 +95,7 @@ def cmd_train(args):
     net = build_network(args, x_train.shape[1:], int(y_train.max()) + 1)
     print(net.summary())
     result = train(net, x_train, y_train.astype(np.int64), config, checkpoint=args.checkpoint,
-                   resume=args.resume, progress=not args.quiet)
+                   resume=args.resume, progress=not args.quiet, log=print)
     xt, yt = as_float_inputs(x_test), y_test.astype(np.int64)
     acc, loss = evaluate(net, xt, yt, args.threads)
     print(f"test accuracy {100 * acc:.2f}%  ({len(x_test)} examples, {args.data}); "
@@ -163,7 +163,8 @@ def cmd_demo(args):
     print(net.summary())
     config = TrainConfig(epochs=args.epochs, batch_size=64, lr=3e-2, seed=args.seed,
                          n_threads=args.threads)
-    result = train(net, x_train, y_train.astype(np.int64), config, progress=not args.quiet)
+    result = train(net, x_train, y_train.astype(np.int64), config, progress=not args.quiet,
+                   log=print)
     xt = as_float_inputs(x_test)
     acc, _ = evaluate(net, xt, y_test.astype(np.int64), args.threads)
     print(f"test accuracy {100 * acc:.2f}% on {len(x_test)} held-out images "

@@ -143,12 +143,12 @@ class Network:
 
     # -- inference -----------------------------------------------------------------------------
 
-    def check_inputs(self, x, check_finite=True):
+    def check_inputs(self, x, check_finite=True, name="x"):
         """``x`` as the validated (batch, n_in) float32 array the engine reads: (batch, n_in)
         or (batch, *input_shape), C-contiguous float32; NaN/Inf refused with ``check_finite``."""
         if isinstance(x, np.ndarray) and x.ndim > 2 and x.shape[1:] == self.input_shape:
             x = x.reshape(x.shape[0], -1)
-        return check_array(x, "x", np.float32, shape=(None, self.n_in), finite=check_finite)
+        return check_array(x, name, np.float32, shape=(None, self.n_in), finite=check_finite)
 
     def forward_fm(self, xt, n_threads=None, keep=False):
         """Run the layers on xt (n_in, 1, batch). Returns Z (M, C, batch), or with ``keep`` the
@@ -284,22 +284,45 @@ class Network:
 
     # -- training ------------------------------------------------------------------------------
 
+    def check_targets(self, y, batch, name="y"):
+        """``y`` checked as ``batch`` int labels in [0, n_classes) (returned as int64) or as
+        soft targets (batch, n_classes): finite, >= 0, rows summing to 1 (returned as float64)."""
+        y = np.asarray(y)
+        C = self.n_classes
+        if y.ndim == 2 and np.issubdtype(y.dtype, np.floating):
+            if y.shape != (batch, C):
+                raise ValueError(f"{name} (soft targets) must have shape ({batch}, {C}), got "
+                                 f"{y.shape}")
+            y = y.astype(np.float64)
+            if not np.isfinite(y).all() or (y < 0).any():
+                raise ValueError(f"{name} (soft targets) must be finite and >= 0")
+            if y.size and np.abs(y.sum(axis=1) - 1).max() > 1e-5:
+                raise ValueError(f"{name} (soft targets) rows must sum to 1")
+            return y
+        if y.shape != (batch,) or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"{name} must be int labels of shape ({batch},) or soft targets "
+                             f"({batch}, {C}), got shape {y.shape} dtype {y.dtype}")
+        if y.size and (y.min() < 0 or y.max() >= C):
+            raise ValueError(f"{name} must hold labels in [0, {C})")
+        return y.astype(np.int64, copy=False)
+
     def loss_and_grad(self, x, y, aggregate_weight=1.0, unit_weight=0.0, n_threads=None,
                       grads=None, offsets=None, scale=1.0):
         """Loss = aggregate_weight * CE(aggregate) + unit_weight * mean per-unit CE, and the
         gradient of every layer's weight and bias (accumulated into ``grads`` if given).
 
-        x (batch, n_in) float32, y (batch,) int labels in [0, n_classes). ``offsets`` (C, C),
+        x (batch, n_in) float32, y (batch,) int labels in [0, n_classes) or soft targets
+        (batch, n_classes), each row a probability vector (cross-entropy against it; a soft
+        example counts as correct when the prediction is its most likely class). ``offsets`` (C, C),
         mean_logits only: the aggregate loss becomes the Lipschitz-margin cross-entropy
         (:func:`sparsefan.aggregate.margin_loss`, logits times ``scale``); the result carries
         dLoss/d offsets and dLoss/d scale.
         """
         x = self.check_inputs(x, check_finite=False)
-        y = np.asarray(y)
-        if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"y must be an int array of shape ({x.shape[0]},)")
-        if y.size and (y.min() < 0 or y.max() >= self.n_classes):
-            raise ValueError(f"y must hold labels in [0, {self.n_classes})")
+        y = self.check_targets(y, x.shape[0])
+        if offsets is not None and agg.is_soft(y):
+            raise ValueError("certified training (margin offsets) needs int labels, not soft "
+                             "targets")
         n = resolve_n_threads(n_threads)
         acts = _engine.forward_chain(self._chain(), _engine.to_feature_major(x, n), n, keep=True)
         Z = acts[-1]
@@ -328,7 +351,8 @@ class Network:
             loss_u, d = agg.unit_loss(Z, y)
             d *= unit_weight
             dZ = d if dZ is None else np.add(dZ, d, out=dZ)
-        correct = int((agg.scores(Z, self.aggregate).argmax(axis=1) == y).sum())
+        truth = y.argmax(axis=1) if agg.is_soft(y) else y
+        correct = int((agg.scores(Z, self.aggregate).argmax(axis=1) == truth).sum())
         if grads is None:
             grads = [(np.zeros(l.weight_shape, np.float32), np.zeros(l.bias_shape, np.float32))
                      for l in self.layers]

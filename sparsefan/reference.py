@@ -76,28 +76,33 @@ def network_unit_logits(x, layers):
 
 def network_loss(x, y, layers, aggregate, aggregate_weight=1.0, unit_weight=0.0):
     """The training loss of a network, written out directly (no gradients): for finite
-    differences. Cross-entropy of the aggregate and/or the mean per-unit cross-entropy."""
+    differences. Cross-entropy of the aggregate and/or the mean per-unit cross-entropy, against
+    int labels y (B,) or soft targets y (B, C)."""
     Z = network_unit_logits(x, layers)  # (M, C, B)
     M, C, B = Z.shape
     y = np.asarray(y)
+    target = np.eye(C)[y] if y.ndim == 1 else y.astype(np.float64)  # (B, C)
+
+    def cross_entropy(logp):  # logp (C, B)
+        return -np.mean([sum(target[b, c] * logp[c, b] for c in range(C) if target[b, c])
+                         for b in range(B)])
+
     total = 0.0
     if aggregate_weight:
         if aggregate == "mean_logits":
             s = Z.mean(axis=0)  # (C, B)
             logp = s - np.log(np.exp(s - s.max(0)).sum(0)) - s.max(0)
-            total += aggregate_weight * -np.mean([logp[y[b], b] for b in range(B)])
+            total += aggregate_weight * cross_entropy(logp)
         elif aggregate == "mean_prob":
             p = np.exp(Z - Z.max(1, keepdims=True))
             p /= p.sum(1, keepdims=True)
-            pbar = p.mean(axis=0)
-            total += aggregate_weight * -np.mean([np.log(pbar[y[b], b]) for b in range(B)])
+            total += aggregate_weight * cross_entropy(np.log(p.mean(axis=0)))
         else:
             raise ValueError(aggregate)
     if unit_weight:
         ce = 0.0
         for j in range(M):
             s = Z[j]
-            logp = s - s.max(0) - np.log(np.exp(s - s.max(0)).sum(0))
-            ce += -np.mean([logp[y[b], b] for b in range(B)])
+            ce += cross_entropy(s - s.max(0) - np.log(np.exp(s - s.max(0)).sum(0)))
         total += unit_weight * ce / M
     return total

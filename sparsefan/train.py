@@ -4,15 +4,24 @@ Minibatch training with Adam (decoupled weight decay) or SGD with momentum, a le
 schedule, cross-entropy on the aggregate and/or on every output unit, a validation split, early
 stopping on validation accuracy, a progress bar, seeded and reproducible.
 
-Reproducibility: the minibatch order of epoch ``e`` comes from ``default_rng([seed, e])`` and the
-kernels are bit-identical for any thread count, so a run resumed from its checkpoint (written
-atomically after every epoch) ends with exactly the same weights as an uninterrupted run.
-Training never changes the connectivity (the index tables are read-only arrays).
+Labels are int classes or soft targets (probability vectors, cross-entropy against them); a
+fraction of every batch can be replaced by the zoom and mosaic transforms of
+:mod:`sparsefan.augment`, which bring their own soft targets. Data comes as arrays or as any
+iterable of (x, y) batches (a list, a generator, a torch DataLoader).
+
+Reproducibility: the minibatch order of epoch ``e`` comes from ``default_rng([seed, e])``, the
+augmentation of step ``t`` from ``default_rng([seed, e, t, 1])``, and the kernels are
+bit-identical for any thread count, so a run resumed from its checkpoint (written atomically
+after every epoch) ends with exactly the same weights as an uninterrupted run (for an iterable
+of batches: if it yields the same batches again). Training never changes the connectivity (the
+index tables are read-only arrays). Epochs are reported through :mod:`logging` (logger
+``sparsefan.train``, level INFO) unless a ``log`` callable is given.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import numbers
 import time
@@ -22,6 +31,8 @@ import numpy as np
 
 from sparsefan import aggregate as agg
 from sparsefan.network import Network
+
+logger = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
@@ -49,12 +60,17 @@ class TrainConfig:
     logit is raised by t * K0[y, c] instead, K0 the certified L0 bound on how far r changed
     pixels move the margin (:class:`sparsefan.certify.L0Bound`: the smaller of the influence
     bound's r largest pixel costs and the chain bound's), t rising from 0 to 1 over
-    ``epsilon_ramp``. A zero loss needs every margin to clear the certificate at r pixels."""
+    ``epsilon_ramp``. A zero loss needs every margin to clear the certificate at r pixels.
+
+    Augmentation: ``augment`` names transforms of :mod:`sparsefan.augment` (``"zoom"``,
+    ``"mosaic"``; a tuple or a comma-separated string) applied to ``augment_fraction`` of every
+    batch, with soft targets; the images' shape is the network's ``input_shape`` (height,
+    width), or that of 3-D training arrays."""
 
     epochs: int = 10
     batch_size: int = 128
     optimizer: str = "adam"
-    lr: float = 1e-3
+    lr: float = 1e-2
     momentum: float = 0.9
     weight_decay: float = 0.0
     schedule: str = "cosine"
@@ -70,8 +86,24 @@ class TrainConfig:
     power_iterations: int = 1
     logit_temperature: float = 0.0
     l0_radius: int = 0
+    augment: tuple = ()
+    augment_fraction: float = 0.5
 
     def __post_init__(self):
+        if isinstance(self.augment, str):
+            self.augment = tuple(t.strip() for t in self.augment.split(",") if t.strip())
+        self.augment = tuple(self.augment)
+        from sparsefan.augment import TRANSFORMS
+
+        bad = [t for t in self.augment if t not in TRANSFORMS]
+        if bad or len(set(self.augment)) != len(self.augment):
+            raise ValueError(f"augment must name distinct transforms of {TRANSFORMS}, got "
+                             f"{self.augment!r}")
+        if not (0 < self.augment_fraction <= 1):
+            raise ValueError(f"augment_fraction must be in (0, 1], got {self.augment_fraction}")
+        if self.augment and (self.l2_epsilon or self.l0_radius):
+            raise ValueError("augment brings soft targets, which certified training "
+                             "(l2_epsilon, l0_radius) does not take")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
@@ -229,13 +261,15 @@ class Optimizer:
 
 
 def evaluate(network, x, y, n_threads=None, batch_size=2048):
-    """Accuracy and mean aggregate cross-entropy (or vote error proxy) on (x, y)."""
+    """Accuracy and mean aggregate cross-entropy (or vote error proxy) on (x, y); y int labels or
+    soft targets (an example counts as correct when the prediction is its most likely class)."""
     correct = 0
     loss = 0.0
     for s in range(0, len(x), batch_size):
         Z = network.unit_logits(x[s:s + batch_size], n_threads)
         yb = y[s:s + batch_size]
-        correct += int((agg.scores(Z, network.aggregate).argmax(axis=1) == yb).sum())
+        truth = yb.argmax(axis=1) if agg.is_soft(yb) else yb
+        correct += int((agg.scores(Z, network.aggregate).argmax(axis=1) == truth).sum())
         if network.aggregate != "vote":
             loss += agg.aggregate_loss(Z, yb, network.aggregate)[0] * len(yb)
         else:
@@ -254,52 +288,120 @@ def _split(n, fraction, seed):
 def as_float_inputs(x):
     """uint8 images -> float32 in [0, 1]; float arrays -> C-contiguous float32 (no rescaling)."""
     x = np.asarray(x)
+    flat = (len(x), math.prod(x.shape[1:])) if x.ndim else (-1,)
     if x.dtype == np.uint8:
-        out = x.reshape(len(x), -1).astype(np.float32)
+        out = x.reshape(flat).astype(np.float32)
         out *= np.float32(1.0 / 255.0)
         return out
     if not np.issubdtype(x.dtype, np.floating):
         raise TypeError(f"x must hold uint8 images or floats, got dtype {x.dtype.name}")
-    return np.ascontiguousarray(x.reshape(len(x), -1), dtype=np.float32)
+    return np.ascontiguousarray(x.reshape(flat), dtype=np.float32)
 
 
-def train(network, x, y, config=None, x_val=None, y_val=None, checkpoint=None, resume=False,
-          progress=True, log=print):
-    """Train ``network`` in place on x (n, ...) uint8 or float, y (n,) int labels.
+class _ArrayBatches:
+    """Minibatches of in-memory arrays, in the seeded order of each epoch."""
 
+    def __init__(self, x, y, batch_size, seed):
+        self.x, self.y, self.batch_size, self.seed = x, y, batch_size, seed
+        self.steps = math.ceil(len(x) / batch_size)
+
+    def epoch(self, e):
+        order = np.random.default_rng([self.seed, e]).permutation(len(self.x))
+        for s in range(0, len(self.x), self.batch_size):
+            idx = order[s:s + self.batch_size]
+            yield self.x[idx], self.y[idx]
+
+
+class _IterableBatches:
+    """(x, y) batches from any iterable, iterated once per epoch and checked batch by batch."""
+
+    def __init__(self, batches, network, epochs):
+        self.batches, self.network = batches, network
+        if iter(batches) is batches and epochs > 1:
+            raise ValueError("x is an iterator, which can be read once: give a re-iterable "
+                             "(a list, a torch DataLoader) or train one epoch")
+        try:
+            self.steps = len(batches)
+        except TypeError:
+            self.steps = None
+
+    def epoch(self, e):
+        for i, batch in enumerate(self.batches):
+            try:
+                xb, yb = batch
+            except (TypeError, ValueError):
+                raise ValueError(f"batch {i} of x must be an (x, y) pair") from None
+            xb = self.network.check_inputs(as_float_inputs(np.asarray(xb)), name=f"x batch {i}")
+            yield xb, self.network.check_targets(np.asarray(yb), len(xb), f"y batch {i}")
+
+
+def train(network, x, y=None, config=None, x_val=None, y_val=None, checkpoint=None,
+          resume=False, progress=True, log=None):
+    """Train ``network`` in place; returns a :class:`TrainResult`.
+
+    Data: x (n, ...) uint8 or float with y (n,) int labels or (n, n_classes) soft targets; or
+    x an iterable of (x, y) batches with y=None (iterated once per epoch; the learning-rate
+    schedule and the certified-training ramp need its ``len``, or ``schedule="constant"``).
     ``validation`` in the config holds out that fraction of (x, y) (seeded) unless x_val/y_val
     are given. With ``patience``, training stops after that many epochs without a better
     validation accuracy, and the best weights are restored. ``checkpoint`` (a path) is written
-    atomically after every epoch; ``resume=True`` continues from it if it exists.
-    Returns a :class:`TrainResult`.
+    atomically after every epoch; ``resume=True`` continues from it if it exists. Each epoch's
+    line goes to ``log`` (a callable) if given, else to the ``sparsefan.train`` logger.
     """
     from sparsefan import io as sfio
 
     if not isinstance(network, Network):
         raise TypeError(f"network must be a sparsefan Network, got {type(network).__name__}")
     config = config or TrainConfig()
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    log = logger.info if log is None else log
     aw, uw = config.loss_weights(network.aggregate)
     if checkpoint is not None:  # before any work: a bad path fails now, not after an epoch
         sfio.check_output_path(checkpoint, "checkpoint")
-    x = as_float_inputs(x)
-    y = np.asarray(y)
-    if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"y must be an int array of shape ({len(x)},), got {y.shape} {y.dtype}")
-    if x.shape[1] != network.n_in:
-        raise ValueError(f"x has {x.shape[1]} features per example, the network reads "
-                         f"{network.n_in}")
-    if not np.isfinite(x).all():
-        raise ValueError("x contains NaN or Inf")
-    if len(y) and (y.min() < 0 or y.max() >= network.n_classes):
-        raise ValueError(f"y must hold labels in [0, {network.n_classes})")
-    y = y.astype(np.int64)
-    if x_val is None:
-        tr, va = _split(len(x), config.validation, config.seed)
-        x_val, y_val = x[va], y[va]
-        x, y = x[tr], y[tr]
+    shape = network.input_shape
+    if y is None:
+        if isinstance(x, np.ndarray) or not hasattr(x, "__iter__"):
+            raise TypeError("y is None: x must then be an iterable of (x, y) batches")
+        if config.validation:
+            raise ValueError("validation splits arrays: with batches from an iterable, pass "
+                             "x_val and y_val")
+        data = _IterableBatches(x, network, config.epochs)
+        x_val = np.zeros((0, network.n_in), np.float32) if x_val is None else x_val
+        y_val = np.zeros(0, np.int64) if y_val is None else y_val
     else:
-        x_val, y_val = as_float_inputs(x_val), np.asarray(y_val).astype(np.int64)
+        if len(shape) != 2 and np.ndim(x) == 3:
+            shape = np.shape(x)[1:]
+        x = network.check_inputs(as_float_inputs(x))
+        y = network.check_targets(y, len(x))
+        if x_val is None:
+            tr, va = _split(len(x), config.validation, config.seed)
+            x_val, y_val = x[va], y[va]
+            x, y = x[tr], y[tr]
+        data = _ArrayBatches(x, y, config.batch_size, config.seed)
+    if x_val is not None:
+        x_val = network.check_inputs(as_float_inputs(x_val), name="x_val")
+        y_val = network.check_targets(y_val, len(x_val), "y_val")
     has_val = len(x_val) > 0
+    steps_per_epoch = data.steps
+    if steps_per_epoch is None:
+        needs = [what for what, on in (
+            (f"schedule={config.schedule!r}", config.schedule != "constant"),
+            ("warmup_epochs", config.warmup_epochs),
+            ("certified training's ramp", (config.l2_epsilon or config.l0_radius)
+             and config.epsilon_ramp)) if on]
+        if needs:
+            raise ValueError(f"x has no len(), which {', '.join(needs)} needs: give batches "
+                             f"with a length or use schedule='constant'")
+        steps_per_epoch = 1  # unused: the rate is constant
+    augmenter = None
+    if config.augment:
+        from sparsefan.augment import Augmenter
+
+        if len(shape) != 2:
+            raise ValueError(f"augment transforms images: the network's input_shape {shape} "
+                             f"is not (height, width); pass x as (n, height, width) arrays")
+        augmenter = Augmenter(config.augment, shape, network.n_classes, config.augment_fraction)
 
     opt = Optimizer(network, config)
     bound = None
@@ -311,6 +413,8 @@ def train(network, x, y, config=None, x_val=None, y_val=None, checkpoint=None, r
                              f"aggregate={network.aggregate!r}")
         if aw == 0 or uw:
             raise ValueError(f"{what} trains the aggregate loss alone: set unit_loss=0")
+        if y is not None and y.ndim == 2:
+            raise ValueError(f"{what} needs int labels, not soft targets")
         if config.l2_epsilon:
             from sparsefan.lipschitz import MarginBound
 
@@ -334,13 +438,13 @@ def train(network, x, y, config=None, x_val=None, y_val=None, checkpoint=None, r
                 best = state["best"]
             log(f"resumed from {checkpoint} after epoch {start_epoch}")
 
-    steps_per_epoch = math.ceil(len(x) / config.batch_size)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=config.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
-                   unit="step", dynamic_ncols=True, leave=False, mininterval=0.5,
+        bar = tqdm(total=config.epochs * data.steps if data.steps else None,
+                   initial=start_epoch * (data.steps or 0), unit="step", dynamic_ncols=True,
+                   leave=False, mininterval=0.5,
                    disable=None)  # None: no bar when stderr is not a terminal
     t0 = time.perf_counter()
     grads = [(np.zeros(l.weight_shape, np.float32), np.zeros(l.bias_shape, np.float32))
@@ -348,18 +452,19 @@ def train(network, x, y, config=None, x_val=None, y_val=None, checkpoint=None, r
     stopped = False
     try:
         for epoch in range(start_epoch, config.epochs):
-            order = np.random.default_rng([config.seed, epoch]).permutation(len(x))
             loss_sum = correct = seen = certified = 0
-            for s in range(0, len(x), config.batch_size):
-                idx = order[s:s + config.batch_size]
+            for step, (xb, yb) in enumerate(data.epoch(epoch)):
+                if augmenter is not None:
+                    xb, yb = augmenter(xb, yb, np.random.default_rng([config.seed, epoch, step,
+                                                                      1]))
                 for gw, gb in grads:
                     gw.fill(0)
                     gb.fill(0)
                 if bound is None:
-                    r = network.loss_and_grad(x[idx], y[idx], aw, uw, config.n_threads, grads)
+                    r = network.loss_and_grad(xb, yb, aw, uw, config.n_threads, grads)
                 else:
                     eps = train_epsilon(config, opt.t, steps_per_epoch)
-                    r = certified_step(network, bound, x[idx], y[idx], eps, config, grads,
+                    r = certified_step(network, bound, xb, yb, eps, config, grads,
                                        warm=opt.t == 0)
                     certified += r.certified
                 if not math.isfinite(r.loss):
@@ -367,12 +472,14 @@ def train(network, x, y, config=None, x_val=None, y_val=None, checkpoint=None, r
                         f"loss is {r.loss} at step {opt.t + 1} (epoch {epoch + 1}); lower the "
                         f"learning rate (lr={config.lr})")
                 opt.step(grads, learning_rate(config, opt.t, steps_per_epoch))
-                loss_sum += r.loss * len(idx)
+                loss_sum += r.loss * len(xb)
                 correct += r.correct
-                seen += len(idx)
+                seen += len(xb)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.4f}")
+            if not seen:
+                raise ValueError(f"x gave no batches in epoch {epoch + 1}")
             row = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen,
                    "seconds": time.perf_counter() - t0}
             if bound is not None:  # margins past eps_t * (the training estimate of K)

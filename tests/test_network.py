@@ -84,14 +84,18 @@ GRAD_CASES = [
 ]
 
 
+@pytest.mark.parametrize("soft", [False, True], ids=["labels", "soft"])
 @pytest.mark.parametrize("builder,aggregate,aw,uw", GRAD_CASES)
-def test_gradients_match_finite_differences(builder, aggregate, aw, uw):
+def test_gradients_match_finite_differences(builder, aggregate, aw, uw, soft):
     net = small(builder)
     net.aggregate = aggregate
     randomize_biases(net)
     rng = np.random.default_rng(11)
     x = rng.random((5, 36), dtype=np.float32)
     y = rng.integers(0, 3, 5)
+    if soft:  # soft targets: cross-entropy against a distribution (one with a zero entry)
+        y = rng.dirichlet(np.ones(3), 5)
+        y[0] = [0.7, 0.3, 0.0]
     r = net.loss_and_grad(x, y, aw, uw)
     fd, ref_loss = _fd_grads(net, x, y, aggregate, aw, uw)
     assert r.loss == pytest.approx(ref_loss, rel=1e-5)
@@ -99,6 +103,35 @@ def test_gradients_match_finite_differences(builder, aggregate, aw, uw):
         for got, want in ((gw, fw), (gb, fb)):
             err = np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-8)
             assert err < 1e-3
+
+
+@pytest.mark.parametrize("aggregate,aw,uw", [("mean_logits", 1.0, 0.0), ("mean_prob", 1.0, 0.0),
+                                              ("mean_logits", 0.0, 1.0)])
+def test_one_hot_soft_targets_equal_int_labels(aggregate, aw, uw):
+    net = small("direct")
+    net.aggregate = aggregate
+    rng = np.random.default_rng(3)
+    x = rng.random((6, 36), dtype=np.float32)
+    y = rng.integers(0, 3, 6)
+    hard = net.loss_and_grad(x, y, aw, uw)
+    soft = net.loss_and_grad(x, np.eye(3)[y], aw, uw)
+    assert soft.loss == pytest.approx(hard.loss, rel=1e-12) and soft.correct == hard.correct
+    for (a, b), (c, d) in zip(hard.grads, soft.grads):
+        np.testing.assert_allclose(c, a, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(d, b, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("y,match", [
+    (np.full((4, 3), 0.5), "rows must sum to 1"),
+    (np.array([[1.5, -0.5, 0.0]] * 4), "finite and >= 0"),
+    (np.full((4, 2), 0.5), r"shape \(4, 3\)"),
+    (np.full((4, 3), np.nan), "finite"),
+    (np.zeros(4), "int labels"),
+])
+def test_bad_soft_targets(y, match):
+    net = small("direct")
+    with pytest.raises(ValueError, match=match):
+        net.loss_and_grad(np.zeros((4, 36), np.float32), y)
 
 
 def test_vote_aggregate_is_plurality_with_low_class_ties():
