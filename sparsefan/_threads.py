@@ -43,17 +43,41 @@ def _cgroup_cpu_quota():
     return None
 
 
-def default_n_threads():
-    """``OMP_NUM_THREADS`` if set to a positive integer, else the usable CPU count."""
+def _env_num_threads():
+    """``OMP_NUM_THREADS`` (its first level) as a positive int, or None if unset or not one."""
     env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-    if env:
-        try:
-            value = int(env)
-        except ValueError:
-            value = 0
-        if value > 0:
-            return value
-    return usable_cpu_count()
+    if not env:
+        return None
+    try:
+        value = int(env)
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+def default_n_threads():
+    """The thread count ``n_threads=None`` stands for.
+
+    With OpenMP: the OpenMP runtime's current limit, ``omp_get_max_threads()``: the
+    ``OMP_NUM_THREADS`` the runtime read at startup (joblib's and Dask's worker processes are
+    started with one), or what ``omp_set_num_threads`` set since (as
+    ``threadpoolctl.threadpool_limits`` does). When ``OMP_NUM_THREADS`` is not set, the
+    runtime's own default is the affinity mask's CPU count, which ignores a cgroup CPU quota, so
+    the limit is then also capped at :func:`usable_cpu_count` (a limit is an upper bound:
+    ``threadpool_limits(8)`` under a 2-CPU quota gives 2; ask for more with an explicit count).
+    This is scikit-learn's rule for its own OpenMP code. A limit the runtime cannot hold in its
+    int (``OMP_NUM_THREADS`` of 2**31 or more wraps around) is taken from the variable.
+
+    Without OpenMP (the kernels run on one thread): ``OMP_NUM_THREADS`` if set to a positive
+    integer, else the usable CPU count; it only decides whether the count is capped.
+    """
+    env = _env_num_threads()
+    if _engine.openmp_enabled():
+        n = _engine.openmp_max_threads()
+        if n < 1:  # OMP_NUM_THREADS >= 2**31 wraps around in the runtime's int
+            n = env or usable_cpu_count()
+        return min(n, usable_cpu_count()) if env is None else n
+    return usable_cpu_count() if env is None else env
 
 
 MAX_THREADS_PER_CPU = 4  # more threads than this per usable CPU only add overhead
@@ -69,7 +93,9 @@ def max_threads():
 def resolve_n_threads(n_threads, name="n_threads"):
     """Turn a user's ``n_threads`` into a positive thread count.
 
-    None -> ``OMP_NUM_THREADS`` or the usable CPU count; a positive int is taken as is;
+    None -> the OpenMP runtime's thread limit (:func:`default_n_threads`: what
+    ``OMP_NUM_THREADS`` or threadpoolctl set; without ``OMP_NUM_THREADS`` at most the usable CPU
+    count); a positive int is taken as is;
     a negative int counts back from the usable count (-1 = all, -2 = all but one; at least 1);
     0 is an error. Counts above :func:`max_threads` (4 per usable CPU, at least 16) are capped
     there with a RuntimeWarning: OpenMP would try to allocate a stack per thread and abort the process.
@@ -87,7 +113,8 @@ def resolve_n_threads(n_threads, name="n_threads"):
         n = max(1, usable_cpu_count() + 1 + int(n_threads))
     cap = max_threads()
     if n > cap:  # warned about with or without OpenMP: the same call, the same message
-        warnings.warn(f"{name}={n} is more threads than {cap} (the cap for "
+        given = f"{name}={n}" if n_threads is not None else f"{name}=None ({n} threads)"
+        warnings.warn(f"{given} is more threads than {cap} (the cap for "
                       f"{usable_cpu_count()} usable CPUs); using {cap}", RuntimeWarning,
                       stacklevel=3)
         n = cap

@@ -11,6 +11,12 @@ against ``MAX_IDX_BYTES`` and the real file size before anything is allocated; g
 decompressed as a stream, never beyond the size its header declares; every failure is a
 ``DatasetError`` naming the file. Downloads are capped at ``MAX_DOWNLOAD_BYTES``.
 
+Other data sets: ``load_idx`` reads four IDX files with MNIST's names and no checksum
+(Fashion-MNIST, KMNIST and other drop-in replacements); ``load_npz`` reads an ``.npz`` holding
+``x_train``, ``y_train``, ``x_test`` and ``y_test``. Both check sizes before they allocate, as
+``read_idx`` does, and then each array's shape, dtype and values; ``load`` picks a reader from a
+spec string (``"npz:FILE"``, ``"idx:DIR"``, ...), the form the command line's ``--data`` takes.
+
 The embedded subset (``load_embedded``) ships inside the package: the first 10,000 training and
 the first 2,000 test images of MNIST (uint8, 28x28), about 2 MB compressed. It is chosen over
 scikit-learn's 8x8 digits because it is the same data format and resolution as the full
@@ -81,7 +87,17 @@ _READ_ERRORS = (OSError, EOFError, zlib.error, struct.error, OverflowError)
 
 
 class DatasetError(ValueError):
-    """A dataset file is missing, truncated, corrupt or fails its checksum."""
+    """A dataset file is missing, truncated, corrupt or fails its checksum, or its arrays are not
+    a data set (shapes, dtypes or values)."""
+
+
+DataArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""What every loader returns: (x_train, y_train, x_test, y_test)."""
+NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+"""The arrays an .npz data set holds (:func:`load_npz`)."""
+MAX_CLASSES = 1000
+"""Labels of a data set lie in 0..MAX_CLASSES - 1 (a larger label is more likely a corrupt or
+mislabelled array than a real class)."""
 
 
 def _describe(e):
@@ -136,7 +152,8 @@ def _open_regular(path):
         raise
 
 
-def read_idx(path, sha256=None, max_bytes=None):
+def read_idx(path: str | os.PathLike[str], sha256: str | None = None,
+             max_bytes: int | None = None, verify: bool = True) -> np.ndarray:
     """Read an IDX file (gzip-compressed or raw) into a numpy array.
 
     Safe for untrusted files: verifies the magic number, the type code, the number of dimensions
@@ -145,12 +162,13 @@ def read_idx(path, sha256=None, max_bytes=None):
     that the data matches the header's dimensions exactly (no truncation, no trailing bytes).
     A gzip file is decompressed as a stream and never past the size its header declares.
     Also verifies the SHA-256 of the file as stored — ``sha256`` if given, else the known
-    checksum for the standard MNIST file names. Every failure is a :class:`DatasetError` naming
-    the file.
+    checksum for the standard MNIST file names; ``verify=False`` skips the checksum (files that
+    share MNIST's names but not its content, such as Fashion-MNIST's). Every failure is a
+    :class:`DatasetError` naming the file.
     """
     path = os.fspath(path)
     limit = MAX_IDX_BYTES if max_bytes is None else int(max_bytes)
-    expected = sha256 or KNOWN_SHA256.get(os.path.basename(path))
+    expected = (sha256 or KNOWN_SHA256.get(os.path.basename(path))) if verify else None
     f, size = _open_regular(path)
     try:
         with f:
@@ -231,7 +249,8 @@ def _parse_idx(f, path, limit, raw_size=None, gz_size=None):
     return arr.astype(dtype.newbyteorder("="), copy=False)
 
 
-def cache_dir():
+def cache_dir() -> str:
+    """Where ``download_mnist`` stores MNIST: ``$XDG_CACHE_HOME/sparsefan/mnist``."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "sparsefan", "mnist")
 
@@ -283,12 +302,13 @@ def _download(url, dest, expected):
         raise DatasetError(f"{dest}: cannot store the download ({_describe(e)})") from None
 
 
-def download_mnist(directory=None, mirror=DEFAULT_MIRROR):
+def download_mnist(directory: str | os.PathLike[str] | None = None,
+                   mirror: str = DEFAULT_MIRROR) -> str:
     """Download the four gzip files from ``mirror`` (any URL urllib opens, file:// included)
     into ``directory`` (default: the cache), verifying each SHA-256 and refusing files over
     ``MAX_DOWNLOAD_BYTES``; each file is written atomically (fsynced, then renamed). Files already
     there with the right checksum are kept. Returns the directory."""
-    directory = directory or cache_dir()
+    directory = os.fspath(directory) if directory else cache_dir()
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as e:
@@ -301,12 +321,24 @@ def download_mnist(directory=None, mirror=DEFAULT_MIRROR):
     return directory
 
 
-def load_mnist(path=None, download=False, mirror=DEFAULT_MIRROR):
+def _find_all(directory):
+    """The four MNIST-named files in ``directory`` (each ``.gz`` or raw), keyed as MNIST_FILES."""
+    found = {key: _find(directory, stem) for key, stem in MNIST_FILES.items()}
+    missing = [MNIST_FILES[key] + "[.gz]" for key, p in found.items() if p is None]
+    if missing:
+        raise DatasetError(f"{directory}: missing {', '.join(missing)} (an IDX data set is four "
+                           "files with MNIST's names)")
+    return found
+
+
+def load_mnist(path: str | os.PathLike[str] | None = None, download: bool = False,
+               mirror: str = DEFAULT_MIRROR) -> DataArrays:
     """MNIST as (x_train (60000, 28, 28) uint8, y_train (60000,) uint8, x_test, y_test).
 
     ``path`` or ``$SPARSEFAN_MNIST`` or the cache directory must hold the four files; with
     ``download=True`` missing files are fetched into the cache (checksummed)."""
-    candidates = [p for p in (path, os.environ.get("SPARSEFAN_MNIST"), cache_dir()) if p]
+    candidates = [os.fspath(p) for p in (path, os.environ.get("SPARSEFAN_MNIST"), cache_dir())
+                  if p]
     for directory in candidates:
         if all(_find(directory, s) for s in MNIST_FILES.values()):
             break
@@ -316,41 +348,142 @@ def load_mnist(path=None, download=False, mirror=DEFAULT_MIRROR):
                 "MNIST not found in " + ", ".join(map(repr, candidates)) + "; pass its "
                 "directory, set SPARSEFAN_MNIST, or use download=True")
         directory = download_mnist(mirror=mirror)
-    arrays = {key: read_idx(_find(directory, stem)) for key, stem in MNIST_FILES.items()}
-    for split in ("train", "test"):
-        x, y = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-            raise DatasetError(f"{directory}: {split} images {x.shape} and labels {y.shape} "
-                               "do not match")
-        if y.size and y.max() > 9:
-            raise DatasetError(f"{directory}: {split} labels outside 0..9")
-    return (arrays["train_images"], arrays["train_labels"], arrays["test_images"],
-            arrays["test_labels"])
+    x, y, xt, yt = load_idx(directory, verify=True)
+    if max(y.max(), yt.max()) > 9:
+        raise DatasetError(f"{directory}: labels outside 0..9")
+    return x, y, xt, yt
 
 
-def _npy_member(z, name, shape, where):
-    """Member ``name``.npy of the open zip ``z`` as a uint8 array of ``shape``: header checked
-    (version, dtype, order, shape) against the zip's recorded size before the data is read."""
+def load_idx(directory: str | os.PathLike[str], verify: bool = False) -> DataArrays:
+    """A data set stored as MNIST is: the four IDX files ``train-images-idx3-ubyte``,
+    ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte`` in
+    ``directory``, each gzip-compressed (``.gz``, taken first) or raw, as (x_train, y_train,
+    x_test, y_test). Fashion-MNIST and KMNIST ship in this form.
+
+    Each file is read by :func:`read_idx` (sizes checked before anything is allocated), without
+    a checksum unless ``verify=True`` (then MNIST's own files are checked against their SHA-256,
+    as :func:`load_mnist` does). The arrays are checked as :func:`load_npz` checks its arrays;
+    every failure is a :class:`DatasetError` naming the file."""
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise DatasetError(f"{directory}: no such directory")
+    paths = _find_all(directory)
+    arrays = [read_idx(paths[key], verify=verify) for key in MNIST_FILES]
+    return _check_split(arrays, [paths[key] for key in MNIST_FILES])
+
+
+def load_npz(path: str | os.PathLike[str], max_bytes: int | None = None) -> DataArrays:
+    """A data set of your own from an ``.npz`` file (``numpy.savez`` or ``savez_compressed``)
+    holding the arrays ``x_train``, ``y_train``, ``x_test`` and ``y_test``:
+
+    - images (``x_*``): shape (n, features), (n, H, W) or (n, H, W, C), the same per-image shape
+      in both; uint8 pixels (0..255, scaled to [0, 1] by :func:`sparsefan.train.as_float_inputs`,
+      as MNIST's are) or floats already in [0, 1] (the box the attacks and certificates assume);
+    - labels (``y_*``): 1-D integers in 0..``MAX_CLASSES`` - 1, one per image, the test labels
+      no larger than the largest training label.
+
+    Read as an untrusted file: nothing is unpickled (object arrays are refused, as by
+    ``np.load(allow_pickle=False)``), and each array's header is checked against the archive's
+    recorded sizes and ``max_bytes`` (default ``MAX_IDX_BYTES``) before its data is read —
+    ``np.load`` allocates whatever a header claims. Other members are ignored. Every failure is
+    a :class:`DatasetError` naming the file and the array."""
+    path = os.fspath(path)
+    limit = MAX_IDX_BYTES if max_bytes is None else int(max_bytes)
+    f, _ = _open_regular(path)
+    try:
+        with f, zipfile.ZipFile(f) as z:
+            arrays = [_npy_member(z, name, path, limit=limit) for name in NPZ_ARRAYS]
+    except DatasetError:
+        raise
+    except MemoryError:
+        raise DatasetError(f"{path}: not enough memory to read it") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, RuntimeError,
+            NotImplementedError) + _READ_ERRORS as e:
+        raise DatasetError(f"{path}: not a readable .npz file ({_describe(e)})") from None
+    return _check_split(arrays, [f"{path}: {name}" for name in NPZ_ARRAYS])
+
+
+def _check_images(x, name):
+    if x.ndim not in (2, 3, 4):
+        raise DatasetError(f"{name}: images must be an array of shape (n, features), (n, H, W) "
+                           f"or (n, H, W, C), got shape {x.shape}")
+    if len(x) == 0 or 0 in x.shape[1:]:
+        raise DatasetError(f"{name}: no images (shape {x.shape})")
+    if x.dtype == np.uint8:
+        return
+    if x.dtype.kind != "f":
+        raise DatasetError(f"{name}: images must hold uint8 pixels (0..255) or floats in [0, 1], "
+                           f"got dtype {x.dtype}")
+    lo, hi = x.min(), x.max()
+    if not (lo >= 0 and hi <= 1):  # NaN fails both
+        raise DatasetError(f"{name}: float pixels must lie in [0, 1], got {lo:g} .. {hi:g}; "
+                           "scale them, or store uint8 pixels (0..255)")
+
+
+def _check_labels(y, name, n_images, images):
+    if y.ndim != 1:
+        raise DatasetError(f"{name}: labels must be a 1-D array, got shape {y.shape}")
+    if y.dtype.kind not in "iu":
+        raise DatasetError(f"{name}: labels must be integers, got dtype {y.dtype}")
+    if len(y) != n_images:
+        raise DatasetError(f"{name}: {len(y)} labels for the {n_images} images of {images}")
+    if y.min() < 0 or y.max() >= MAX_CLASSES:
+        raise DatasetError(f"{name}: labels must lie in 0..{MAX_CLASSES - 1}, got "
+                           f"{y.min()} .. {y.max()}")
+
+
+def _check_split(arrays, names):
+    """(x_train, y_train, x_test, y_test), checked for use as a data set; ``names`` name the
+    four arrays in the errors."""
+    x, y, xt, yt = arrays
+    for i in (0, 2):
+        _check_images(arrays[i], names[i])
+        _check_labels(arrays[i + 1], names[i + 1], len(arrays[i]), names[i])
+    if xt.shape[1:] != x.shape[1:]:
+        raise DatasetError(f"{names[2]}: images of shape {xt.shape[1:]}, but the training images "
+                           f"({names[0]}) are {x.shape[1:]}")
+    if yt.max() > y.max():
+        raise DatasetError(f"{names[3]}: label {yt.max()} is larger than every training label "
+                           f"(the largest in {names[1]} is {y.max()})")
+    return x, y, xt, yt
+
+
+def _read_npy_header(m, name, where):
+    version = np.lib.format.read_magic(m)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(m)
+    if version in ((2, 0), (3, 0)):
+        return np.lib.format.read_array_header_2_0(m)
+    raise DatasetError(f"{where}: {name}.npy has unknown .npy version {version}")
+
+
+def _npy_member(z, name, where, shape=None, limit=MAX_IDX_BYTES):
+    """Member ``name``.npy of the open zip ``z`` as a native-order, C-ordered array; its header
+    (version, dtype, shape) is checked against the zip's recorded size and ``limit`` before the
+    data is read. With ``shape`` it must be a C-ordered uint8 array of that shape (the embedded
+    subset); else any array of booleans or numbers."""
     try:
         info = z.getinfo(name + ".npy")
     except KeyError:
         raise DatasetError(f"{where}: member {name}.npy is missing") from None
-    nbytes = math.prod(shape)
-    if info.file_size > nbytes + (1 << 16):
+    if shape is not None and info.file_size > math.prod(shape) + (1 << 16):
         raise DatasetError(f"{where}: {name}.npy is {info.file_size} bytes, too large for "
                            f"a uint8 array of shape {shape}")
     with z.open(info) as m:
-        version = np.lib.format.read_magic(m)
-        if version == (1, 0):
-            hshape, fortran, hdtype = np.lib.format.read_array_header_1_0(m)
-        elif version in ((2, 0), (3, 0)):
-            hshape, fortran, hdtype = np.lib.format.read_array_header_2_0(m)
-        else:
-            raise DatasetError(f"{where}: {name}.npy has unknown .npy version {version}")
-        if hdtype != np.uint8 or fortran or tuple(hshape) != shape:
-            raise DatasetError(f"{where}: {name}.npy must be a C-ordered uint8 array of shape "
-                               f"{shape}, got {hdtype} {tuple(hshape)}"
-                               f"{' (Fortran order)' if fortran else ''}")
+        hshape, fortran, dtype = _read_npy_header(m, name, where)
+        hshape = tuple(hshape)
+        if shape is not None:
+            if dtype != np.uint8 or fortran or hshape != shape:
+                raise DatasetError(f"{where}: {name}.npy must be a C-ordered uint8 array of "
+                                   f"shape {shape}, got {dtype} {hshape}"
+                                   f"{' (Fortran order)' if fortran else ''}")
+        elif dtype.kind not in "biuf" or dtype.fields is not None:
+            raise DatasetError(f"{where}: {name}.npy holds {dtype} values, not numbers "
+                               "(Python objects are never unpickled)")
+        nbytes = math.prod(hshape) * dtype.itemsize  # exact: Python ints do not wrap
+        if nbytes > min(limit, sys.maxsize):
+            raise DatasetError(f"{where}: {name}.npy declares shape {hshape} of {dtype}, "
+                               f"{nbytes} bytes: more than the limit of {limit} bytes")
         if nbytes > info.file_size:
             raise DatasetError(f"{where}: {name}.npy is truncated")
         data = _read_at_most(m, nbytes)
@@ -358,10 +491,12 @@ def _npy_member(z, name, shape, where):
             raise DatasetError(f"{where}: {name}.npy is truncated")
         if m.read(1):
             raise DatasetError(f"{where}: {name}.npy has trailing bytes")
-    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+    flat = np.frombuffer(data, dtype=dtype)
+    arr = flat.reshape(hshape[::-1]).T if fortran else flat.reshape(hshape)
+    return np.ascontiguousarray(arr, dtype=dtype.newbyteorder("="))
 
 
-def load_embedded():
+def load_embedded() -> DataArrays:
     """The embedded MNIST subset: (x_train (10000, 28, 28) uint8, y_train, x_test (2000, 28,
     28), y_test). No file access outside the package, no download. The archive is read with the
     same checks as ``read_idx`` (shapes and sizes before reading, no pickles); a damaged copy is a
@@ -374,7 +509,8 @@ def _read_subset(src):
     where = str(src)
     try:
         with src.open("rb") as f, zipfile.ZipFile(f) as z:
-            out = [_npy_member(z, name, shape, where) for name, shape in _EMBEDDED_SHAPES.items()]
+            out = [_npy_member(z, name, where, shape)
+                   for name, shape in _EMBEDDED_SHAPES.items()]
     except DatasetError:
         raise
     except MemoryError:
@@ -389,10 +525,51 @@ def _read_subset(src):
     return x, y, xt, yt
 
 
-def load(name, path=None, download=False):
-    """``name`` = "embedded" or "mnist": (x_train, y_train, x_test, y_test)."""
-    if name == "embedded":
-        return load_embedded()
-    if name == "mnist":
-        return load_mnist(path, download=download)
-    raise ValueError(f"dataset must be 'embedded' or 'mnist', got {name!r}")
+SPEC_FORMS = "embedded, mnist, mnist:DIR, idx:DIR or npz:FILE"
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """Split a data set spec into (kind, location): ``"embedded"`` (:func:`load_embedded`),
+    ``"mnist"`` or ``"mnist:DIR"`` (:func:`load_mnist`, checksummed), ``"idx:DIR"``
+    (:func:`load_idx`, no checksum) or ``"npz:FILE"`` (:func:`load_npz`). Only the form is
+    checked here, not the files; anything else is a ValueError."""
+    if not isinstance(spec, str):
+        raise TypeError(f"a data set spec must be a str, got {type(spec).__name__}")
+    kind, colon, where = spec.partition(":")
+    if kind in ("embedded", "mnist") and not colon:
+        return kind, None
+    if kind in ("mnist", "idx", "npz") and colon:
+        if not where:
+            raise ValueError(f"{spec!r}: give the {'file' if kind == 'npz' else 'directory'} "
+                             "after the colon")
+        return kind, where
+    raise ValueError(f"a data set is {SPEC_FORMS}; got {spec!r}")
+
+
+def load(spec: str, path: str | os.PathLike[str] | None = None, download: bool = False,
+         limit: int | None = None) -> DataArrays:
+    """(x_train, y_train, x_test, y_test) of the data set ``spec`` names (see
+    :func:`parse_spec`): ``"embedded"``, ``"mnist"`` (from ``path``, ``$SPARSEFAN_MNIST`` or the
+    cache; ``download=True`` fetches it), ``"mnist:DIR"``, ``"idx:DIR"`` or ``"npz:FILE"``.
+    ``limit`` keeps the first ``limit`` images of each split (both, so a quick run stays quick
+    end to end)."""
+    kind, where = parse_spec(spec)
+    if path is not None and (kind != "mnist" or where):
+        raise ValueError(f"path applies to the spec 'mnist' alone, got {spec!r}")
+    if download and kind != "mnist":
+        raise ValueError(f"download applies to MNIST alone, got {spec!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer))):
+        raise TypeError(f"limit must be an int or None, got {type(limit).__name__}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    if kind == "embedded":
+        arrays = load_embedded()
+    elif kind == "mnist":
+        arrays = load_mnist(where or path, download=download)
+    else:
+        assert where is not None  # parse_spec gives idx and npz their location
+        arrays = load_idx(where) if kind == "idx" else load_npz(where)
+    if limit is None:
+        return arrays
+    x, y, xt, yt = (a[:limit] for a in arrays)
+    return x, y, xt, yt

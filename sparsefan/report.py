@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from sparsefan import attacks, certify
+from sparsefan.network import Network
 
 L0_BUDGETS = list(range(0, 41))
 L2_GRID = [round(0.1 * i, 2) for i in range(31)]
@@ -22,8 +25,11 @@ ANCHORS_L0 = [("FPA paper, median", 12, 0.5), ("randomized ablation, median (pro
 ANCHORS_TRADEOFF = [("BCOP", 0.988, 0.567)]  # (clean, certified L2 at 1.58)
 
 
-def evaluate_model(net, x, y, rs_budgets=(5, 10, 20), rs_queries=100, ddn_steps=100,
-                   pgd_steps=40, log=print, n_threads=None):
+def evaluate_model(net: Network, x: np.ndarray, y: np.ndarray,
+                   rs_budgets: Sequence[int] = (5, 10, 20), rs_queries: int = 100,
+                   ddn_steps: int = 100, pgd_steps: int = 40,
+                   log: Callable[[str], object] = print,
+                   n_threads: int | None = None) -> dict[str, Any]:
     """All attacks and certificates on (x, y); returns a JSON-able dict of per-example
     results and summary curves."""
     t0 = time.perf_counter()
@@ -86,7 +92,8 @@ def evaluate_model(net, x, y, rs_budgets=(5, 10, 20), rs_queries=100, ddn_steps=
     out["violations"] = violations
     out["seconds"] = time.perf_counter() - t0
     meta = getattr(net, "metadata", {}) or {}
-    cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    cfg = meta.get("config")
+    cfg = cfg if isinstance(cfg, dict) else {}
     out["train_seconds"] = meta.get("train_seconds")
     out["trained_l2_epsilon"] = cfg.get("l2_epsilon", 0.0)
     out["trained_l0_radius"] = cfg.get("l0_radius", 0)
@@ -96,13 +103,18 @@ def evaluate_model(net, x, y, rs_budgets=(5, 10, 20), rs_queries=100, ddn_steps=
 _CURVES = ("robust_l0", "robust_l2", "certified_l0", "certified_l2", "robust_linf")
 
 
-def load_results(path):
+def load_results(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The models of an earlier report's results.json, its curves keyed by numbers again (JSON
     keeps them as strings), to show beside new ones."""
     with open(path) as f:
-        results = json.load(f)
-    if not isinstance(results, list):
-        raise ValueError(f"{path}: not a list of model results")
+        try:
+            results = json.load(f)
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            raise ValueError(f"{path}: not a results.json of `sparsefan robustness` ({e})") \
+                from None
+    if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+        raise ValueError(f"{path}: not a results.json of `sparsefan robustness` (a list of "
+                         "model results)")
     for r in results:
         for key in _CURVES:
             if isinstance(r.get(key), dict):
@@ -115,7 +127,10 @@ def _fmt(v, pct=True):
     return "n/a" if v is None else (f"{100 * v:.1f}%" if pct else f"{v:g}")
 
 
-def write_report(results, out_dir, command):
+def write_report(results: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str],
+                 command: str) -> str:
+    """Write ``results.json``, ``report.md`` and the PNG plots (when matplotlib is installed)
+    into ``out_dir`` (created if needed); returns the Markdown text."""
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1, sort_keys=True)
@@ -162,11 +177,11 @@ def write_report(results, out_dir, command):
 
 
 def _plots(results, out_dir):
+    """PNG plots of the curves into ``out_dir``; returns their file names. Drawn on
+    ``matplotlib.figure.Figure`` objects, never through pyplot, so the caller's backend and
+    open figures are left alone."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError:
         return []
     specs = [("robust_l0", "changed pixels (L0 budget)", "robust accuracy", "robust_l0.png", []),
@@ -177,7 +192,8 @@ def _plots(results, out_dir):
               ANCHORS_L2)]
     made = []
     for key, xlabel, ylabel, fname, anchors in specs:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
         drawn = False
         for i, r in enumerate(results):
             if key not in r:
@@ -198,10 +214,10 @@ def _plots(results, out_dir):
             fig.tight_layout()
             fig.savefig(os.path.join(out_dir, fname), dpi=100)
             made.append(fname)
-        plt.close(fig)
     tradeoff = [r for r in results if "certified_l2" in r]
     if tradeoff:  # clean accuracy against certified L2 accuracy at 1.58
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
         for r in tradeoff:
             ax.plot([r["clean_accuracy"]], [r["certified_l2"][1.58]], "o")
             ax.annotate(r["label"], (r["clean_accuracy"], r["certified_l2"][1.58]), fontsize=7,
@@ -218,6 +234,5 @@ def _plots(results, out_dir):
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(os.path.join(out_dir, "tradeoff_l2.png"), dpi=100)
-        plt.close(fig)
         made.append("tradeoff_l2.png")
     return made

@@ -72,6 +72,18 @@ def test_checksum_mismatch_for_known_names(tmp_path):
         read_idx(q, sha256="0" * 64)
 
 
+def test_verify_false_skips_the_checksum_of_known_names(tmp_path):
+    """Fashion-MNIST and KMNIST use MNIST's file names: read_idx(verify=False) takes them."""
+    p = tmp_path / "t10k-labels-idx1-ubyte"
+    p.write_bytes(idx_bytes(np.arange(10, dtype=np.uint8)))
+    assert np.array_equal(read_idx(p, verify=False), np.arange(10))
+    with pytest.raises(DatasetError, match="SHA-256 mismatch"):
+        read_idx(p)
+    with pytest.raises(DatasetError, match="truncated"):  # the size checks stay
+        p.write_bytes(idx_bytes(np.arange(10, dtype=np.uint8))[:-1])
+        read_idx(p, verify=False)
+
+
 def test_missing_mnist_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("SPARSEFAN_MNIST", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -86,6 +98,8 @@ def test_load_mnist_from_directory_and_env(monkeypatch):
     assert np.bincount(yt).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     monkeypatch.setenv("SPARSEFAN_MNIST", MNIST_DIR)
     assert np.array_equal(datasets.load_mnist()[3], yt)
+    for spec in (f"mnist:{MNIST_DIR}", f"idx:{MNIST_DIR}"):  # the same files, by spec
+        assert np.array_equal(datasets.load(spec, limit=100)[2], xt[:100])
 
 
 @have_mnist

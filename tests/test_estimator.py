@@ -1,8 +1,17 @@
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
-from sparsefan import datasets
-from sparsefan.estimator import FanInClassifier
+pytest.importorskip("sklearn")
+
+from sparsefan import datasets  # noqa: E402
+from sparsefan.estimator import FanInClassifier  # noqa: E402
+from sparsefan.train import TrainConfig, as_float_inputs  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +41,64 @@ def test_fit_predict_score(data):
 
 
 def test_params_protocol():
+    from sklearn.exceptions import NotFittedError
+
     clf = small()
     params = clf.get_params()
     assert params["fan_in"] == 16 and params["architecture"] == "direct"
     assert clf.set_params(fan_in=9) is clf and clf.fan_in == 9
-    with pytest.raises(ValueError, match="invalid parameter 'bogus'"):
+    with pytest.raises(ValueError, match="Invalid parameter 'bogus'"):
         clf.set_params(bogus=1)
-    with pytest.raises(ValueError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         clf.predict(np.zeros((1, 784), np.float32))
+    assert "fan_in=9" in repr(clf) and "architecture" not in repr(clf)  # changed ones only
+
+
+def test_training_defaults_are_the_trainers():
+    defaults = TrainConfig()
+    clf = FanInClassifier()
+    for name in ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "validation",
+                 "patience", "seed", "l2_epsilon", "l0_radius"):
+        assert getattr(clf, name) == getattr(defaults, name), name
+
+
+def test_uint8_images_are_scaled_and_image_shapes_kept(data):
+    x, y, xt, yt = data
+    images = np.round(x[:300] * 255).astype(np.uint8)
+    scaled = as_float_inputs(images)  # the package's one rule: x / 255 in float32
+    assert scaled.dtype == np.float32 and np.allclose(scaled, images / 255)
+    as_float = small(epochs=1).fit(scaled, y[:300])
+    as_uint8 = small(epochs=1).fit(images, y[:300])
+    assert np.array_equal(as_uint8.predict_proba(images), as_float.predict_proba(scaled))
+    as_images = small(epochs=1).fit(images.reshape(300, 28, 28), y[:300])
+    assert as_images.n_features_in_ == 784 and as_images.network_.input_shape == (28, 28)
+    assert np.array_equal(as_images.predict(images.reshape(300, 28, 28)),
+                          as_uint8.predict(images))
+    with pytest.raises(ValueError, match=r"input_shape \(27, 28\) does not hold"):
+        small(epochs=1, input_shape=(27, 28)).fit(images, y[:300])
+
+
+def test_sparsefan_imports_without_sklearn():
+    """``import sparsefan`` never imports scikit-learn, and works where it is missing; only
+    the estimator module needs it, and says so."""
+    code = """if True:
+        import sys
+        sys.modules["sklearn"] = None  # any import of sklearn now raises ImportError
+        import sparsefan, sparsefan.cli, sparsefan.train
+        assert not [m for m in sys.modules if m.startswith("sklearn.")], "sklearn imported"
+        try:
+            import sparsefan.estimator
+        except ImportError as exc:
+            print(exc)
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "sparsefan.estimator needs scikit-learn" in out.stdout
+    out = subprocess.run([sys.executable, "-c", "import sys, sparsefan; "
+                          "print('sklearn' in sys.modules)"], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
 
 
 def test_sklearn_clone_and_pipeline(data):

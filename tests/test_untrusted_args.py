@@ -34,11 +34,18 @@ def test_huge_thread_counts_are_capped_with_a_warning(layer, n):
         assert np.array_equal(net.predict(x, n_threads=n), net.predict(x, n_threads=1))
 
 
-def test_a_huge_omp_num_threads_is_capped(monkeypatch, layer):
-    monkeypatch.setenv("OMP_NUM_THREADS", str(10**9))
-    x = np.ones((2, 20), np.float32)
-    with pytest.warns(RuntimeWarning):
-        layer.forward(x)
+def test_a_huge_omp_num_threads_is_capped():
+    # the OpenMP runtime reads OMP_NUM_THREADS once, at startup: a fresh interpreter
+    code = ("import warnings, numpy as np, sparsefan as sf\n"
+            "layer = sf.FanIn(sf.Connectivity.random(20, 7, 3, seed=0), 1, 2, 'relu', seed=0)\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    layer.forward(np.ones((2, 20), np.float32))\n"
+            "assert any('more threads than' in str(m.message) for m in w), w\n")
+    env = dict(os.environ, OMP_NUM_THREADS=str(10**9), OPENBLAS_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
 
 
 def test_sixteen_threads_are_not_capped():

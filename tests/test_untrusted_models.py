@@ -201,7 +201,7 @@ def test_the_cli_info_of_a_file_with_bad_metadata_is_a_message(good, tmp_path, c
 
     bad = write(tmp_path / "t.npz", with_meta(members(good),
                                               lambda m: m.__setitem__("metadata", [1])))
-    assert main(["info", str(bad)]) == 2
+    assert main(["info", str(bad)]) == 1  # an error, not a usage error
     assert "metadata" in capsys.readouterr().err
 
 
