@@ -12,27 +12,30 @@ Losses (mean over the batch) and their gradients w.r.t. Z, in float64 for stabil
 ``y`` are int labels (batch,) or, for soft labels, probability vectors (batch, C): the loss is
 then the cross-entropy against the distribution, -sum_c y[b, c] log p[b, c].
 """
+from __future__ import annotations
+
 import numpy as np
+import numpy.typing as npt
 
 from sparsefan import _engine
 
 AGGREGATES = ("mean_logits", "mean_prob", "vote")
 
 
-def softmax(z, axis):
+def softmax(z: np.ndarray, axis: int) -> np.ndarray:
     e = z - z.max(axis=axis, keepdims=True)  # the one array-sized result; then in place
     np.exp(e, out=e)
     e /= e.sum(axis=axis, keepdims=True)
     return e
 
 
-def log_softmax(z, axis):
+def log_softmax(z: np.ndarray, axis: int) -> np.ndarray:
     z = z - z.max(axis=axis, keepdims=True)
     z -= np.log(np.exp(z).sum(axis=axis, keepdims=True))
     return z
 
 
-def mean_logits(Z):
+def mean_logits(Z: np.ndarray) -> np.ndarray:
     """(C, batch) mean over the units of Z (M, C, batch), summed in float64 without a float64
     copy of Z (a plain mean over axis 0 walks M short rows: slow when the batch is small)."""
     if (isinstance(Z, np.ndarray) and Z.dtype == np.float32 and Z.ndim == 3
@@ -44,7 +47,7 @@ def mean_logits(Z):
     return np.einsum("mcb->cb", Z, dtype=np.float64, casting="safe") / Z.shape[0]
 
 
-def votes(Z):
+def votes(Z: np.ndarray) -> np.ndarray:
     """(C, batch) fraction of units whose argmax is each class."""
     M, C, B = Z.shape
     winners = Z.argmax(axis=1)  # (M, B)
@@ -54,7 +57,7 @@ def votes(Z):
     return counts / M
 
 
-def probabilities(Z, aggregate):
+def probabilities(Z: np.ndarray, aggregate: str) -> np.ndarray:
     """(batch, C) class probabilities of the aggregate."""
     if aggregate == "mean_logits":
         return softmax(mean_logits(Z), axis=0).T
@@ -66,7 +69,7 @@ def probabilities(Z, aggregate):
     raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
 
 
-def scores(Z, aggregate):
+def scores(Z: np.ndarray, aggregate: str) -> np.ndarray:
     """(batch, C) aggregate scores whose argmax is the prediction (mean logits, log mean
     probability, or vote fraction)."""
     if aggregate == "mean_logits":
@@ -78,7 +81,7 @@ def scores(Z, aggregate):
     return probabilities(Z, aggregate)
 
 
-def is_soft(y):
+def is_soft(y: npt.ArrayLike) -> bool:
     """True for soft targets (batch, C), False for int labels (batch,)."""
     return np.ndim(y) == 2
 
@@ -100,7 +103,7 @@ def _cross_entropy(logp, y):
     return loss, d
 
 
-def mean_logits_loss(Z, y):
+def mean_logits_loss(Z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
     """Cross-entropy of the mean-logits aggregate and its gradient, which is the same for every
     unit: returns (loss, g) with g (C, B) float64 and dL/dZ[j] = g for every unit j."""
     M = np.shape(Z)[0]
@@ -108,7 +111,8 @@ def mean_logits_loss(Z, y):
     return loss, dS / M
 
 
-def margin_loss(Z, y, offsets, scale=1.0):
+def margin_loss(Z: np.ndarray, y: np.ndarray, offsets: np.ndarray,
+                scale: float = 1.0) -> tuple[float, np.ndarray, np.ndarray, float, int]:
     """Lipschitz-margin cross-entropy of mean logits: CE of scale * (S_c + offsets[y, c])
     (offsets[y, y] = 0).
 
@@ -136,7 +140,7 @@ def margin_loss(Z, y, offsets, scale=1.0):
     return loss, dS / M, d_off, d_scale, certified
 
 
-def aggregate_loss(Z, y, aggregate):
+def aggregate_loss(Z: np.ndarray, y: np.ndarray, aggregate: str) -> tuple[float, np.ndarray]:
     """Cross-entropy of the aggregate and its gradient dL/dZ (same shape as Z).
 
     Z (M, C, B), y (B,) int class labels or (B, C) soft targets.
@@ -168,7 +172,7 @@ def aggregate_loss(Z, y, aggregate):
     raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
 
 
-def unit_loss(Z, y):
+def unit_loss(Z: npt.ArrayLike, y: np.ndarray) -> tuple[float, np.ndarray]:
     """Mean over units and examples of each unit's own cross-entropy, and dL/dZ."""
     Z = np.asarray(Z, dtype=np.float64)
     M, C, B = Z.shape

@@ -12,11 +12,17 @@ Examples that the network already misclassifies count as broken with perturbatio
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from sparsefan import aggregate as agg
+
+if TYPE_CHECKING:
+    from sparsefan.network import Network
 
 
 @dataclass
@@ -25,7 +31,7 @@ class AttackResult:
     success: np.ndarray  # (batch,) bool: prediction differs from the label (or equals target)
     size: np.ndarray  # (batch,) float64: L0 count / L2 / Linf of x_adv - x; inf if failed
 
-    def robust_accuracy(self, budget):
+    def robust_accuracy(self, budget: float) -> float:
         """Fraction of examples not broken within ``budget``."""
         return float(np.mean(~(self.success & (self.size <= budget + 1e-6))))
 
@@ -159,8 +165,10 @@ def _l2(d):
 
 # -- L2 and Linf: PGD -----------------------------------------------------------------------------
 
-def pgd(network, x, y, eps, norm="l2", steps=50, restarts=1, step_size=None, seed=0,
-        n_threads=None):
+def pgd(network: Network, x: np.ndarray | Sequence[Any], y: npt.ArrayLike, eps: float,
+        norm: str = "l2", steps: int = 50, restarts: int = 1, step_size: float | None = None,
+        seed: int | np.random.Generator | None = 0,
+        n_threads: int | None = None) -> AttackResult:
     """Projected gradient descent on the cross-entropy of the surrogate, within an L2 or Linf
     ball of radius ``eps`` intersected with [0, 1]. The first restart starts at x, later ones at
     a random point of the ball. An example is broken if any iterate is misclassified."""
@@ -208,7 +216,9 @@ def pgd(network, x, y, eps, norm="l2", steps=50, restarts=1, step_size=None, see
     return AttackResult(x_adv, success, np.where(success, size, np.inf))
 
 
-def ddn(network, x, y, steps=200, gamma=0.05, init_norm=1.0, n_threads=None):
+def ddn(network: Network, x: np.ndarray | Sequence[Any], y: npt.ArrayLike, steps: int = 200,
+        gamma: float = 0.05, init_norm: float = 1.0,
+        n_threads: int | None = None) -> AttackResult:
     """Decoupled Direction and Norm (Rony et al. 2019): a minimal-L2 attack. Steps along the
     normalized gradient and keeps the perturbation on a sphere whose radius shrinks by
     (1 - gamma) while adversarial and grows by (1 + gamma) while not; step size cosine-annealed
@@ -245,7 +255,9 @@ def ddn(network, x, y, steps=200, gamma=0.05, init_norm=1.0, n_threads=None):
 
 # -- L0 --------------------------------------------------------------------------------------------
 
-def greedy_l0(network, x, y, max_pixels=100, target=None, n_threads=None):
+def greedy_l0(network: Network, x: np.ndarray | Sequence[Any], y: npt.ArrayLike,
+              max_pixels: int = 100, target: npt.ArrayLike | None = None,
+              n_threads: int | None = None) -> AttackResult:
     """Greedy saliency attack (JSMA-like): each step sets the one pixel to 0 or 1 whose
     first-order effect on the margin is largest, until the prediction changes (or equals
     ``target``) or ``max_pixels`` pixels are changed. Untargeted unless ``target`` is given."""
@@ -276,7 +288,9 @@ def greedy_l0(network, x, y, max_pixels=100, target=None, n_threads=None):
     return AttackResult(x_adv, success, size)
 
 
-def sparse_rs(network, x, y, k, queries=300, seed=0, n_threads=None):
+def sparse_rs(network: Network, x: np.ndarray | Sequence[Any], y: npt.ArrayLike, k: int,
+              queries: int = 300, seed: int | np.random.Generator | None = 0,
+              n_threads: int | None = None) -> AttackResult:
     """Random search at a fixed budget of ``k`` pixels (Sparse-RS-like, forward passes only):
     keep a set of k pixels set to 0/1; each query re-draws a shrinking fraction of them (new
     positions and values) and keeps the proposal if the margin does not grow."""
@@ -320,7 +334,9 @@ def sparse_rs(network, x, y, k, queries=300, seed=0, n_threads=None):
     return AttackResult(x_adv, success, size)
 
 
-def linear_l0(network, x, y, target=None, max_pixels=100, kappa=0.1, n_threads=None):
+def linear_l0(network: Network, x: np.ndarray | Sequence[Any], y: npt.ArrayLike,
+              target: npt.ArrayLike | None = None, max_pixels: int = 100,
+              kappa: float = 0.1, n_threads: int | None = None) -> AttackResult:
     """The targeted linear-algebra attack behind Shamir et al. 2019 (arXiv 1901.10861).
 
     Linearize the C aggregate scores at the current point (C backward passes give the

@@ -39,9 +39,12 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 TRANSFORMS = ("zoom", "mosaic")  # the names Augmenter and the CLI accept
 MOSAIC_SIZES = (2, 3, 4, 5, 6)
@@ -69,7 +72,7 @@ class Falloff:
             raise ValueError(f"need 1 <= in_full < in_zero, got in_full={self.in_full}, "
                              f"in_zero={self.in_zero}")
 
-    def __call__(self, s):
+    def __call__(self, s: npt.ArrayLike) -> np.ndarray:
         """w(s) for an array (or scalar) of scales s > 0, as float64."""
         s = np.asarray(s, dtype=np.float64)
         if not (np.isfinite(s).all() and (s > 0).all()):
@@ -88,7 +91,7 @@ def _smoothstep(t):
 DEFAULT_FALLOFF = Falloff()
 
 
-def soft_targets(labels, weight, n_classes):
+def soft_targets(labels: npt.ArrayLike, weight: npt.ArrayLike, n_classes: int) -> np.ndarray:
     """``weight * label + (1 - weight) * uniform`` for int labels (n,) or distributions (n, C)."""
     labels = _as_distributions(labels, n_classes, len(np.atleast_1d(weight)))
     w = np.asarray(weight, dtype=np.float64).reshape(-1, 1)
@@ -144,7 +147,9 @@ def _resampling(n_out, n_in, scale, centre_out, centre_in):
     return overlap
 
 
-def resample(images, scale, centre_out=None, centre_in=None):
+def resample(images: npt.ArrayLike, scale: npt.ArrayLike,
+             centre_out: npt.ArrayLike | None = None,
+             centre_in: npt.ArrayLike | None = None) -> np.ndarray:
     """Area resampling of each image by its own scale: the point ``centre_in`` (row, column)
     of the input lands on ``centre_out`` of the output, distances multiplied by ``scale``.
     Centres default to the image centre; shape (n, 2) or (2,). Returns float32 (n, H, W)."""
@@ -161,8 +166,10 @@ def resample(images, scale, centre_out=None, centre_in=None):
     return out.astype(np.float32)
 
 
-def zoom_out(images, labels, n_classes=10, scale=None, rng=None, falloff=DEFAULT_FALLOFF,
-             min_scale=0.1):
+def zoom_out(images: npt.ArrayLike, labels: npt.ArrayLike, n_classes: int = 10,
+             scale: npt.ArrayLike | None = None, rng: int | np.random.Generator | None = None,
+             falloff: Falloff = DEFAULT_FALLOFF,
+             min_scale: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
     """Digits scaled down by ``scale`` (default: uniform in [min_scale, 1] per image) on a blank
     canvas, each at a uniformly random place where it fits. Returns (images, targets)."""
     images = _check_images(images)
@@ -174,8 +181,10 @@ def zoom_out(images, labels, n_classes=10, scale=None, rng=None, falloff=DEFAULT
     return resample(images, s, centre_out=centre), soft_targets(labels, falloff(s), n_classes)
 
 
-def zoom_in(images, labels, n_classes=10, scale=None, rng=None, falloff=DEFAULT_FALLOFF,
-            max_scale=3.0):
+def zoom_in(images: npt.ArrayLike, labels: npt.ArrayLike, n_classes: int = 10,
+            scale: npt.ArrayLike | None = None, rng: int | np.random.Generator | None = None,
+            falloff: Falloff = DEFAULT_FALLOFF,
+            max_scale: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
     """Crops scaled up by ``scale`` (default: uniform in [1, max_scale] per image), each crop
     centred at a uniformly random place that keeps it inside the image. Returns (images,
     targets)."""
@@ -188,8 +197,11 @@ def zoom_in(images, labels, n_classes=10, scale=None, rng=None, falloff=DEFAULT_
     return resample(images, s, centre_in=centre), soft_targets(labels, falloff(s), n_classes)
 
 
-def mosaic(images, labels, n_classes=10, grid=None, rng=None, falloff=DEFAULT_FALLOFF,
-           pool=None):
+def mosaic(images: npt.ArrayLike, labels: npt.ArrayLike, n_classes: int = 10,
+           grid: npt.ArrayLike | None = None, rng: int | np.random.Generator | None = None,
+           falloff: Falloff = DEFAULT_FALLOFF,
+           pool: tuple[npt.ArrayLike, npt.ArrayLike] | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
     """One n x n mosaic per image (``grid`` n: an int or one per image; default uniform over
     2..6). Tile (0, 0) is the image itself, the others are drawn from ``pool`` = (images,
     labels) (default: the batch). Every tile is its image at scale 1/n filling one cell; the
@@ -256,8 +268,11 @@ def _cell_matrices(size, n):
     return np.stack([padded[a, s:s + patch] for a, s in enumerate(starts)]), starts
 
 
-def composite(images, labels, n_classes=10, grid=None, rng=None, falloff=DEFAULT_FALLOFF,
-              pool=None):
+def composite(images: npt.ArrayLike, labels: npt.ArrayLike, n_classes: int = 10,
+              grid: npt.ArrayLike | None = None, rng: int | np.random.Generator | None = None,
+              falloff: Falloff = DEFAULT_FALLOFF,
+              pool: tuple[np.ndarray | Sequence[Any], npt.ArrayLike] | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
     """Each full-size digit over a mosaic background of other digits (the background's first
     tile is also drawn from the pool), ink combined by the pixel-wise maximum. The target is
     the foreground's label. Returns (images, targets)."""
@@ -306,7 +321,8 @@ class Augmenter:
             ops += [mosaic, composite]
         return ops
 
-    def __call__(self, x, y, rng):
+    def __call__(self, x: np.ndarray, y: npt.ArrayLike,
+                 rng: int | np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
         """(x (n, H*W) float32, soft targets (n, C) float64) for flat inputs x and int or soft
         labels y. Unchosen rows keep their image and label."""
         rng = _rng(rng)
@@ -327,7 +343,7 @@ class Augmenter:
                                               rng=rng, falloff=self.falloff, **kwargs)
         return out.reshape(n, -1), targets
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return {"transforms": list(self.transforms), "shape": list(self.shape),
                 "n_classes": self.n_classes, "fraction": self.fraction,
                 "falloff": dataclasses.asdict(self.falloff)}

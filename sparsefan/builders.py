@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -68,8 +69,10 @@ def _per_unit_mlp(first, hidden, n_classes, seed, activation="relu"):
     return layers
 
 
-def direct(input_shape=(28, 28), n_classes=10, n_units=None, fan_in=None, wiring="gaussian",
-           hidden=(32,), aggregate="mean_logits", sigma=None, seed=0, activation="relu"):
+def direct(input_shape: Iterable[int] = (28, 28), n_classes: int = 10,
+           n_units: int | None = None, fan_in: int | None = None, wiring: str = "gaussian",
+           hidden: Iterable[int] = (32,), aggregate: str = "mean_logits",
+           sigma: float | None = None, seed: int = 0, activation: str = "relu") -> Network:
     """2N output units (default), each reading ``fan_in`` (default round(N^(2/3))) inputs,
     each computing its own MLP (``hidden`` widths, ``activation`` "relu" or "maxmin") and
     emitting n_classes scores."""
@@ -84,9 +87,11 @@ def direct(input_shape=(28, 28), n_classes=10, n_units=None, fan_in=None, wiring
                    name=f"direct(units={n_units}, fan_in={k}, wiring={wiring}{act})")
 
 
-def hierarchy(input_shape=(28, 28), n_classes=10, levels=2, n_units=None, fan_in=None,
-              wiring="gaussian", channels=None, head_hidden=(), aggregate="mean_logits",
-              spread=1.5, seed=0, activation="relu"):
+def hierarchy(input_shape: Iterable[int] = (28, 28), n_classes: int = 10, levels: int = 2,
+              n_units: int | None = None, fan_in: int | None = None, wiring: str = "gaussian",
+              channels: Iterable[int] | None = None, head_hidden: Iterable[int] = (),
+              aggregate: str = "mean_logits", spread: float = 1.5, seed: int = 0,
+              activation: str = "relu") -> Network:
     """``levels`` FanIn levels of ``n_units`` (default 2N) units each, fan-in ``fan_in``
     (default round(N^(1/levels))) per level, ReLU, then the per-unit head.
 
@@ -137,8 +142,10 @@ def hierarchy(input_shape=(28, 28), n_classes=10, levels=2, n_units=None, fan_in
                    name=f"hierarchy(levels={levels}, units={M}, fan_in={k}, wiring={wiring}{act})")
 
 
-def partition_ensemble(input_shape=(28, 28), n_classes=10, part_size=13, hidden=(32,),
-                       aggregate="vote", seed=0, activation="relu"):
+def partition_ensemble(input_shape: Iterable[int] = (28, 28), n_classes: int = 10,
+                       part_size: int = 13, hidden: Iterable[int] = (32,),
+                       aggregate: str = "vote", seed: int = 0,
+                       activation: str = "relu") -> Network:
     """One random disjoint partition of the inputs into groups of ~``part_size`` (N // part_size
     groups, sizes differing by at most 1), a small MLP per group, and a plurality vote: the
     Feature Partition Aggregation configuration. Train it with the per-unit loss."""
@@ -151,8 +158,9 @@ def partition_ensemble(input_shape=(28, 28), n_classes=10, part_size=13, hidden=
                    name=f"partition_ensemble(parts={n_parts}, part_size~{part_size})")
 
 
-def dense_mlp(input_shape=(28, 28), n_classes=10, hidden=(256, 256), seed=0,
-              activation="relu"):
+def dense_mlp(input_shape: Iterable[int] = (28, 28), n_classes: int = 10,
+              hidden: Iterable[int] = (256, 256), seed: int = 0,
+              activation: str = "relu") -> Network:
     """A dense MLP: FanIn(dense(N -> 1 unit), 1 -> h1, act) -> ... -> head; runs as GEMMs."""
     input_shape = _image_shape(input_shape)
     N = int(np.prod(input_shape))
@@ -169,7 +177,7 @@ def dense_mlp(input_shape=(28, 28), n_classes=10, hidden=(256, 256), seed=0,
                    name=f"dense_mlp(hidden={tuple(hidden)}{act})")
 
 
-BUILDERS = {
+BUILDERS: dict[str, Callable[..., Network]] = {
     "direct": direct,
     "hierarchy": hierarchy,
     "partition_ensemble": partition_ensemble,
@@ -177,9 +185,11 @@ BUILDERS = {
 }
 
 
-def build(architecture, input_shape, n_classes, *, fan_in=None, n_units=None, levels=2,
-          hidden=None, head_hidden=None, wiring="gaussian", aggregate=None,
-          activation="relu", seed=0):
+def build(architecture: str, input_shape: Iterable[int], n_classes: int, *,
+          fan_in: int | None = None, n_units: int | None = None, levels: int = 2,
+          hidden: Iterable[int] | None = None, head_hidden: Iterable[int] | None = None,
+          wiring: str = "gaussian", aggregate: str | None = None,
+          activation: str = "relu", seed: int = 0) -> Network:
     """One entry point over :data:`BUILDERS` with one name per option (what the CLI and
     ``FanInClassifier`` call): ``fan_in`` is the inputs per unit (the partition ensemble's
     ``part_size``), ``hidden`` the widths (a hierarchy's ``channels``); None takes the

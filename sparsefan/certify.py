@@ -27,12 +27,19 @@ to the lowest class index, and the certificates account for it.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+import numpy.typing as npt
 
 from sparsefan import _engine
 from sparsefan import aggregate as agg
 from sparsefan import lipschitz
 from sparsefan._threads import resolve_n_threads
+
+if TYPE_CHECKING:
+    from sparsefan.network import Network
 
 
 def _fields_csr(network):
@@ -79,8 +86,9 @@ def _wins(margins, y):
     return ok
 
 
-def l0_radius(network, x, y, max_radius=200, method=None, n_threads=None, refine=True,
-              room="input"):
+def l0_radius(network: Network, x: np.ndarray | Sequence[Any], y: npt.ArrayLike,
+              max_radius: int = 200, method: str | None = None, n_threads: int | None = None,
+              refine: bool = True, room: str = "input") -> np.ndarray:
     """Certified L0 radius per example (int, -1 if misclassified). ``method`` defaults to the
     network's aggregate: "vote", "mean_prob" or "mean_logits". ``refine`` (default) charges
     each unit only the share of its effect an input can buy (see ``_unit_fractions``), where
@@ -143,14 +151,14 @@ def l0_radius(network, x, y, max_radius=200, method=None, n_threads=None, refine
     return np.where(_wins(margins, y), radius, -1)
 
 
-def single_mixing_layer(network):
+def single_mixing_layer(network: Network) -> bool:
     """True when only the first layer mixes units: every later layer reads unit j from unit j
     (identity connectivity). Then each output unit is a function of its own receptive field
     through its own weights, and influences can be kept per (unit, input) connection."""
     return all(layer.connectivity.is_identity() for layer in network.layers[1:])
 
 
-def connection_influence(network):
+def connection_influence(network: Network) -> tuple[np.ndarray, np.ndarray]:
     """For single-mixing-layer ReLU networks: A (nnz, C, C) and A1 (nnz, C), where A[p, a, b]
     bounds |d(z_ja - z_jb)| and A1[p, m] bounds |d z_jm| per unit change of the input that
     connection p = (unit j, input i) reads. Products of |W| along the unit's own layers.
@@ -223,7 +231,7 @@ def _abs_weights(network):
     return [np.ascontiguousarray(np.abs(l.weight)) for l in network.layers[:-1]]
 
 
-def influence_bounds(network):
+def influence_bounds(network: Network) -> np.ndarray:
     """G (C, C, N): G[y, c, i] bounds |d (S_y - S_c)| per unit change of input i, for mean
     logits S (see the module docstring). Computed with the C backward kernels on |W|, once
     per weight state (``Network.derived``)."""
@@ -300,7 +308,9 @@ class L0Bound:
     Same interface as ``MarginBound``: ``value(warm)`` -> K (C, C), ``backward(dK, grads)``,
     ``buffers()``."""
 
-    def __init__(self, network, radius, iterations=1, seed=0, dtype=np.float32):
+    def __init__(self, network: Network, radius: int, iterations: int = 1,
+                 seed: int | np.random.Generator | None = 0,
+                 dtype: npt.DTypeLike = np.float32) -> None:
         if network.aggregate != "mean_logits":
             raise ValueError("certified L0 training needs a mean_logits network")
         _check_influence_activations(network)
@@ -309,18 +319,18 @@ class L0Bound:
         self.chain = lipschitz.MarginBound(network, iterations=iterations, seed=seed,
                                            dtype=dtype, top=self.radius)
         self.pairs, self.E = lipschitz._pairs(network.n_classes)
-        self._saved = None
+        self._saved: dict[str, Any] | None = None
 
-    def buffers(self):
+    def buffers(self) -> list[np.ndarray]:
         return self.chain.buffers()
 
-    def value(self, warm=False):
+    def value(self, warm: bool = False) -> np.ndarray:
         Kc = self.chain.value(warm=warm)
         Ki = self._influence_value()
         self._use_chain = Kc <= Ki
         return np.minimum(Kc, Ki)
 
-    def backward(self, dK, grads):
+    def backward(self, dK: np.ndarray, grads: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
         self.chain.backward(np.where(self._use_chain, dK, 0.0), grads)
         self._influence_backward(np.where(self._use_chain, 0.0, dK), grads)
 
@@ -371,7 +381,7 @@ class L0Bound:
 
 # -- L2 --------------------------------------------------------------------------------------------
 
-def lipschitz_margin_bounds(network):
+def lipschitz_margin_bounds(network: Network) -> np.ndarray:
     """L (C, C): L[y, c] bounds the L2 Lipschitz constant of S_y - S_c (mean logits); see
     :func:`sparsefan.lipschitz.margin_bounds`. Cached per weight state."""
     return lipschitz.margin_bounds(network)
@@ -394,7 +404,8 @@ def _chain_cum(network, y, room2, r_max):
     return cum
 
 
-def certificate_tables(network, max_radius=200):
+def certificate_tables(network: Network,
+                       max_radius: int = 200) -> tuple[np.ndarray, np.ndarray]:
     """The constants of ``Network.predict_certified``, per weight state: K (C, C) from
     :func:`lipschitz_margin_bounds` and cum (C, C, R + 1), cum[y, c, r] the sum of the r
     largest influence bounds G[y, c, :] (R = min(n_in, max_radius))."""
@@ -412,7 +423,7 @@ def certificate_tables(network, max_radius=200):
     return network.derived(f"certificate_tables/{int(max_radius)}", compute)
 
 
-def radius_from_margins(S, y, K):
+def radius_from_margins(S: np.ndarray, y: np.ndarray, K: np.ndarray) -> np.ndarray:
     """Certified L2 radius from mean logits S (C, B), labels y (B,) and bounds K (C, C):
     min_c (S_y - S_c) / K[y, c], -1 where y does not win."""
     B = len(y)
@@ -427,7 +438,8 @@ def radius_from_margins(S, y, K):
     return np.where(_wins(margins, y), radius, -1.0)
 
 
-def l2_radius(network, x, y, n_threads=None):
+def l2_radius(network: Network, x: np.ndarray | Sequence[Any], y: npt.ArrayLike,
+              n_threads: int | None = None) -> np.ndarray:
     """Certified L2 radius per example (float, -1 if misclassified), mean_logits networks."""
     K = lipschitz_margin_bounds(network)
     x = np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(len(x), -1))

@@ -12,9 +12,14 @@ connections may exceed 2**31). Both arrays are read-only: training never rewires
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    import scipy.sparse
 
 INDEX_DTYPE = np.dtype(np.int32)
 INDPTR_DTYPE = np.dtype(np.int64)
@@ -34,7 +39,7 @@ class Transposed(NamedTuple):
     slots: np.ndarray  # int64 [nnz]
 
 
-def _as_index_array(value, name):
+def _as_index_array(value: npt.ArrayLike, name: str) -> np.ndarray:
     arr = np.asarray(value)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
@@ -73,7 +78,7 @@ def _rng(seed):
     return np.random.default_rng(seed)
 
 
-def grid_centres(H, W, n):
+def grid_centres(H: int, W: int, n: int) -> np.ndarray:
     """Centres (row, col) of ``n`` units spread evenly over an H x W image: the cells of a
     ``gh x gw`` grid, ``gh = round(sqrt(n H / W))``, ``gw = ceil(n / gh)``, row-major, first n."""
     gh = max(1, min(n, round(math.sqrt(n * H / W))))
@@ -97,7 +102,7 @@ class Connectivity:
 
     __slots__ = ("n_in", "n_out", "indptr", "indices", "_transposed")
 
-    def __init__(self, n_in, indptr, indices):
+    def __init__(self, n_in: int, indptr: npt.ArrayLike, indices: npt.ArrayLike) -> None:
         n_in = _check_int(n_in, "n_in", 1)
         indptr = _as_index_array(indptr, "indptr")
         indices = _as_index_array(indices, "indices")
@@ -119,11 +124,11 @@ class Connectivity:
             if lo < 0 or hi >= n_in:
                 bad = lo if lo < 0 else hi
                 raise ValueError(f"indices must lie in [0, n_in={n_in}), found {bad}")
-        self.n_in = n_in
-        self.n_out = indptr.size - 1
-        self.indptr = _readonly(indptr, INDPTR_DTYPE)
-        self.indices = _readonly(indices, INDEX_DTYPE)
-        self._transposed = None
+        self.n_in: int = n_in
+        self.n_out: int = indptr.size - 1
+        self.indptr: np.ndarray = _readonly(indptr, INDPTR_DTYPE)
+        self.indices: np.ndarray = _readonly(indices, INDEX_DTYPE)
+        self._transposed: Transposed | None = None
         self._check_no_repeats()
 
     def _check_no_repeats(self):
@@ -139,17 +144,18 @@ class Connectivity:
     # -- constructors --------------------------------------------------------------------------
 
     @classmethod
-    def from_arrays(cls, n_in, indptr, indices):
+    def from_arrays(cls, n_in: int, indptr: npt.ArrayLike,
+                    indices: npt.ArrayLike) -> Connectivity:
         """The table given by user-supplied ``indptr`` / ``indices`` (validated, copied)."""
         return cls(n_in, indptr, indices)
 
     @classmethod
-    def from_rows(cls, n_in, rows):
+    def from_rows(cls, n_in: int, rows: Iterable[npt.ArrayLike]) -> Connectivity:
         """The table whose row ``j`` is the sequence ``rows[j]`` (rows may differ in length)."""
         rows = [_as_index_array(np.asarray(r).reshape(-1), f"rows[{j}]").astype(np.int64)
                 for j, r in enumerate(rows)]
         indptr = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum([r.size for r in rows], out=indptr[1:])
+        np.cumsum([r.size for r in rows], out=indptr[1:])  # type: ignore[union-attr]
         indices = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         return cls(n_in, indptr, indices)
 
@@ -160,21 +166,22 @@ class Connectivity:
         return cls(n_in, indptr, np.sort(table, axis=1).reshape(-1))
 
     @classmethod
-    def identity(cls, n):
+    def identity(cls, n: int) -> Connectivity:
         """Unit ``j`` reads unit ``j``: a per-unit (pointwise) layer over ``n`` units."""
         n = _check_int(n, "n", 1)
         _check_size(n, n, 1)
         return cls._fixed(n, np.arange(n).reshape(n, 1))
 
     @classmethod
-    def dense(cls, n_in, n_out):
+    def dense(cls, n_in: int, n_out: int) -> Connectivity:
         """Every output reads every input (a dense layer as a FanIn; k = n_in)."""
         n_in, n_out = _check_int(n_in, "n_in", 1), _check_int(n_out, "n_out", 1)
         _check_size(n_in, n_out, n_in)
         return cls._fixed(n_in, np.broadcast_to(np.arange(n_in), (n_out, n_in)))
 
     @classmethod
-    def random(cls, n_in, n_out, k, seed=None):
+    def random(cls, n_in: int, n_out: int, k: int,
+               seed: int | np.random.Generator | None = None) -> Connectivity:
         """Each output reads ``k`` distinct inputs chosen uniformly at random (rows sorted).
 
         Uses Floyd's subset algorithm vectorized over rows: exact uniform k-subsets,
@@ -194,7 +201,8 @@ class Connectivity:
         return cls._fixed(n_in, table)
 
     @classmethod
-    def partitions(cls, n_in, n_out, k, seed=None):
+    def partitions(cls, n_in: int, n_out: int, k: int,
+                   seed: int | np.random.Generator | None = None) -> Connectivity:
         """Rows cut from repeated random disjoint partitions of the inputs into groups of ``k``.
 
         Groups of ``k`` are cut in order from a stream of independent random permutations of
@@ -228,7 +236,8 @@ class Connectivity:
         return cls._fixed(n_in, np.concatenate(groups)[:n_out])
 
     @classmethod
-    def partition(cls, n_in, n_parts, seed=None):
+    def partition(cls, n_in: int, n_parts: int,
+                  seed: int | np.random.Generator | None = None) -> Connectivity:
         """One random disjoint partition of the inputs into ``n_parts`` groups whose sizes
         differ by at most 1 (rows sorted). Every input is read exactly once."""
         n_in, n_parts = _check_int(n_in, "n_in", 1), _check_int(n_parts, "n_parts", 1)
@@ -239,7 +248,10 @@ class Connectivity:
         return cls.from_rows(n_in, rows)
 
     @classmethod
-    def gaussian(cls, shape, n_out, k, sigma=None, centres=None, seed=None, chunk=4096):
+    def gaussian(cls, shape: Sequence[int], n_out: int, k: int, sigma: float | None = None,
+                 centres: npt.ArrayLike | None = None,
+                 seed: int | np.random.Generator | None = None,
+                 chunk: int = 4096) -> Connectivity:
         """Each output reads ``k`` distinct inputs near its centre on an image grid.
 
         Parameters
@@ -269,7 +281,7 @@ class Connectivity:
         if len(shape) not in (2, 3):
             raise ValueError(f"shape must be (H, W) or (H, W, C), got {shape}")
         H = _check_int(shape[0], "shape[0]", 1)
-        W = _check_int(shape[1], "shape[1]", 1)
+        W = _check_int(shape[1], "shape[1]", 1)  # type: ignore[misc]  # (shape,): refused above
         C = _check_int(shape[2], "shape[2]", 1) if len(shape) == 3 else 1
         n_in = H * W * C
         n_out = _check_int(n_out, "n_out", 1)
@@ -318,7 +330,9 @@ class Connectivity:
         return cls._fixed(n_in, table)
 
     @classmethod
-    def gaussian_points(cls, in_points, out_points, k, sigma, seed=None):
+    def gaussian_points(cls, in_points: npt.ArrayLike, out_points: npt.ArrayLike, k: int,
+                        sigma: float,
+                        seed: int | np.random.Generator | None = None) -> Connectivity:
         """Each output reads ``k`` distinct inputs near it, for inputs and outputs at given
         positions (for example the centres of a previous layer's units).
 
@@ -360,7 +374,7 @@ class Connectivity:
     # -- interop -------------------------------------------------------------------------------
 
     @classmethod
-    def from_scipy(cls, matrix):
+    def from_scipy(cls, matrix: scipy.sparse.sparray | scipy.sparse.spmatrix) -> Connectivity:
         """The pattern of a ``scipy.sparse`` matrix of shape (n_out, n_in); values are ignored.
 
         Explicitly stored zeros count as connections; the row order of stored entries is kept.
@@ -372,7 +386,7 @@ class Connectivity:
         csr = sp.csr_array(matrix)
         return cls(csr.shape[1], csr.indptr, csr.indices)
 
-    def to_scipy(self, data=None):
+    def to_scipy(self, data: npt.ArrayLike | None = None) -> scipy.sparse.csr_array:
         """A ``scipy.sparse.csr_array`` of shape (n_out, n_in) with this pattern.
 
         ``data`` (nnz,) gives the values (default: ones, float32).
@@ -391,29 +405,29 @@ class Connectivity:
     # -- structure -----------------------------------------------------------------------------
 
     @property
-    def nnz(self):
+    def nnz(self) -> int:
         """Number of connections (= number of weight blocks of a FanIn layer)."""
         return int(self.indptr[-1])
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, int]:
         return (self.n_out, self.n_in)
 
-    def fan_in(self):
+    def fan_in(self) -> np.ndarray:
         """int64 array (n_out,): how many inputs each output unit reads."""
         return np.diff(self.indptr)
 
     @property
-    def k(self):
+    def k(self) -> int | None:
         """The fan-in if every row has the same length, else None (ragged)."""
         f = self.fan_in()
         return int(f[0]) if f.size and (f == f[0]).all() else None
 
-    def out_degree(self):
+    def out_degree(self) -> np.ndarray:
         """int64 array (n_in,): how many output units read each input."""
         return np.bincount(self.indices, minlength=self.n_in).astype(np.int64)
 
-    def degree_stats(self):
+    def degree_stats(self) -> dict[str, int | float]:
         """Min / mean / max of the fan-in (per output) and of the out-degree (per input)."""
         f, d = self.fan_in(), self.out_degree()
         return {
@@ -422,21 +436,21 @@ class Connectivity:
             "out_degree_max": int(d.max()),
         }
 
-    def is_identity(self):
+    def is_identity(self) -> bool:
         """True when unit j reads input j alone, for every j (a per-unit layer)."""
         return (self.n_in == self.n_out and self.nnz == self.n_out
                 and np.array_equal(self.indptr, np.arange(self.n_out + 1))
                 and np.array_equal(self.indices, np.arange(self.n_out)))
 
-    def row(self, j):
+    def row(self, j: int) -> np.ndarray:
         """The inputs that output unit ``j`` reads, in slot order (read-only view)."""
         return self.indices[self.indptr[j]: self.indptr[j + 1]]
 
-    def row_of_connection(self):
+    def row_of_connection(self) -> np.ndarray:
         """int32 array (nnz,): the output row of each connection."""
         return np.repeat(np.arange(self.n_out, dtype=np.int32), self.fan_in())
 
-    def transpose(self):
+    def transpose(self) -> Transposed:
         """The :class:`Transposed` table (computed once and cached)."""
         if self._transposed is None:
             slots = np.argsort(self.indices, kind="stable").astype(np.int64)
@@ -448,7 +462,7 @@ class Connectivity:
             self._transposed = t
         return self._transposed
 
-    def compose(self, first):
+    def compose(self, first: Connectivity) -> Connectivity:
         """Receptive fields of the two-layer stack ``self`` after ``first``.
 
         ``first`` maps n_in -> m units and ``self`` maps m -> n_out. Row ``j`` of the result is the
@@ -468,15 +482,15 @@ class Connectivity:
 
     # -- dunder --------------------------------------------------------------------------------
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         if not isinstance(other, Connectivity):
             return NotImplemented
         return (self.n_in == other.n_in and np.array_equal(self.indptr, other.indptr)
                 and np.array_equal(self.indices, other.indices))
 
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         k = self.k
         fan = f"k={k}" if k is not None else f"fan_in={self.fan_in().min()}..{self.fan_in().max()}"
         return f"Connectivity(n_in={self.n_in}, n_out={self.n_out}, {fan}, nnz={self.nnz})"

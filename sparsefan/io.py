@@ -29,6 +29,7 @@ import struct
 import warnings
 import zipfile
 import zlib
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +37,9 @@ from sparsefan._files import atomic_write, check_output_path  # noqa: F401 (publ
 from sparsefan.connectivity import Connectivity
 from sparsefan.layers import ACTIVATIONS, FanIn
 from sparsefan.network import Network
+
+if TYPE_CHECKING:
+    from sparsefan.train import Optimizer, TrainConfig
 
 MODEL_FORMAT = "sparsefan-model"
 CHECKPOINT_FORMAT = "sparsefan-checkpoint"
@@ -104,7 +108,8 @@ def _network_members(network):
     return members
 
 
-def save_model(network, path, metadata=None):
+def save_model(network: Network, path: str | os.PathLike[str],
+               metadata: dict[str, Any] | None = None) -> None:
     """Write ``network`` to ``path`` (atomically). ``metadata``: a JSON-serializable dict kept
     in the file (for example training settings and test accuracy)."""
     if not isinstance(network, Network):
@@ -348,7 +353,7 @@ def _expected_members(n_layers):
                             for a in ("indptr", "indices", "weight", "bias")}
 
 
-def load_model(path):
+def load_model(path: str | os.PathLike[str]) -> Network:
     """Read a model file written by :func:`save_model`; returns a :class:`Network`.
 
     Raises :class:`ModelFileError` (a ValueError) for anything malformed."""
@@ -366,7 +371,9 @@ def load_model(path):
 
 # -- checkpoints --------------------------------------------------------------------------------
 
-def save_checkpoint(path, network, optimizer, config, epoch, history, best):
+def save_checkpoint(path: str | os.PathLike[str], network: Network, optimizer: Optimizer,
+                    config: TrainConfig, epoch: int, history: list[dict[str, Any]],
+                    best: tuple[float, int, list[tuple[np.ndarray, np.ndarray]]] | None) -> None:
     state = {"epoch": epoch, "t": optimizer.t, "history": history, "config": config.to_json(),
              "best_accuracy": None if best is None else best[0],
              "best_epoch": None if best is None else best[1]}
@@ -402,7 +409,8 @@ def _check_state(state, path):
             bad("best_accuracy")
 
 
-def load_checkpoint(path, network, optimizer, config):
+def load_checkpoint(path: str | os.PathLike[str], network: Network, optimizer: Optimizer,
+                    config: TrainConfig) -> dict[str, Any] | None:
     """Restore ``network`` and ``optimizer`` from a checkpoint; None if ``path`` does not exist.
 
     The checkpoint must come from the same architecture (identical connectivity) and the same

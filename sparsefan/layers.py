@@ -19,8 +19,9 @@ so a network can keep activations in that layout between layers (sparsefan.layou
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
@@ -63,20 +64,24 @@ class FanIn:
     bias : float32 array (n_out, c_out), optional. Default zeros.
     seed : int or numpy Generator, optional. Seeds the default weights.
     n_threads : int or None
-        Threads for the kernels (scikit-learn rules: None -> OMP_NUM_THREADS or the usable CPU
-        count; negative counts back from the CPU count; 0 is an error). Results are
+        Threads for the kernels (scikit-learn rules: None -> the OpenMP thread limit, which
+        OMP_NUM_THREADS or threadpoolctl set, at most the usable CPU count without
+        OMP_NUM_THREADS; negative counts back from the CPU count; 0 is an error). Results are
         bit-identical for every thread count.
     """
 
-    def __init__(self, connectivity, c_in=1, c_out=1, activation=None, weight=None,
-                 bias=None, seed=None, n_threads=None):
+    def __init__(self, connectivity: Connectivity, c_in: int = 1, c_out: int = 1,
+                 activation: str | None = None, weight: np.ndarray | None = None,
+                 bias: np.ndarray | None = None,
+                 seed: int | np.random.Generator | None = None,
+                 n_threads: int | None = None) -> None:
         if not isinstance(connectivity, Connectivity):
             raise TypeError(
                 f"connectivity must be a sparsefan.Connectivity, got {type(connectivity).__name__}"
             )
         self.connectivity = connectivity
-        self.c_in = check_int(c_in, "c_in", 1)
-        self.c_out = check_int(c_out, "c_out", 1)
+        self.c_in: int = check_int(c_in, "c_in", 1)
+        self.c_out: int = check_int(c_out, "c_out", 1)
         for what, size in (("weight", connectivity.nnz * self.c_in * self.c_out),
                            ("bias", connectivity.n_out * self.c_out),
                            ("input", connectivity.n_in * self.c_in)):
@@ -105,41 +110,43 @@ class FanIn:
     # -- parameters ----------------------------------------------------------------------------
 
     @property
-    def n_in(self):
+    def n_in(self) -> int:
         return self.connectivity.n_in
 
     @property
-    def n_out(self):
+    def n_out(self) -> int:
         return self.connectivity.n_out
 
     @property
-    def weight_shape(self):
+    def weight_shape(self) -> tuple[int, int, int]:
         return (self.connectivity.nnz, self.c_in, self.c_out)
 
     @property
-    def bias_shape(self):
+    def bias_shape(self) -> tuple[int, int]:
         return (self.connectivity.n_out, self.c_out)
 
     # Parameters are owned, read-only arrays: an assignment copies, and in-place updates go
     # through ``edit()``. Either advances ``version``, on which everything derived from the
     # weights (certificate constants, influence tables) is keyed, so it can never go stale.
+    _weight: np.ndarray
+    _bias: np.ndarray
 
     @property
-    def weight(self):
+    def weight(self) -> np.ndarray:
         """(nnz, c_in, c_out) float32, read-only; assign a new array or use ``edit()``."""
         return self._weight
 
     @weight.setter
-    def weight(self, value):
+    def weight(self, value: np.ndarray) -> None:
         self._set_parameter("weight", value, self.weight_shape)
 
     @property
-    def bias(self):
+    def bias(self) -> np.ndarray:
         """(n_out, c_out) float32, read-only; assign a new array or use ``edit()``."""
         return self._bias
 
     @bias.setter
-    def bias(self, value):
+    def bias(self, value: np.ndarray) -> None:
         self._set_parameter("bias", value, self.bias_shape)
 
     def _set_parameter(self, name, value, shape):
@@ -150,12 +157,12 @@ class FanIn:
         self._version = next(_VERSIONS)
 
     @property
-    def version(self):
+    def version(self) -> int:
         """A number that changes with every write to the weight or bias (process-unique)."""
         return self._version
 
     @contextmanager
-    def edit(self):
+    def edit(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """In-place access to the parameters: ``with layer.edit() as (weight, bias): ...``.
 
         The arrays are writable inside the block; leaving it (also by an exception) makes them
@@ -169,7 +176,7 @@ class FanIn:
             w.flags.writeable = b.flags.writeable = False
             self._version = next(_VERSIONS)
 
-    def check_parameters(self):
+    def check_parameters(self) -> None:
         """Raise ValueError if the weight or bias holds NaN, Inf or a value beyond
         ``MAX_ABS_PARAMETER``."""
         for name in ("weight", "bias"):
@@ -178,24 +185,24 @@ class FanIn:
                 raise ValueError(f"{name} contains NaN or Inf")
             _check_magnitude(value, name)
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         return self.__dict__.copy()
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         for name in ("_weight", "_bias"):  # unpickled arrays come back writable and shared
             self.__dict__[name] = _owned(self.__dict__[name])
         self._version = next(_VERSIONS)
 
     @property
-    def n_params(self):
+    def n_params(self) -> int:
         return self._weight.size + self._bias.size
 
-    def flops(self, batch=1):
+    def flops(self, batch: int = 1) -> int:
         """Useful floating-point operations of one forward pass (2 per multiply-add)."""
         return 2 * self.connectivity.nnz * self.c_in * self.c_out * batch
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         act = f", activation={self.activation!r}" if self.activation else ""
         return f"FanIn({self.connectivity!r}, c_in={self.c_in}, c_out={self.c_out}{act})"
 
@@ -217,7 +224,8 @@ class FanIn:
             return (batch, self.n_out)
         return (batch, self.n_out, self.c_out)
 
-    def forward(self, x, n_threads=None, check_finite=True):
+    def forward(self, x: np.ndarray, n_threads: int | None = None,
+                check_finite: bool = True) -> np.ndarray:
         """Forward pass on ``x`` of shape (batch, n_in) or (batch, n_in, c_in), float32.
 
         With ``check_finite`` (default) NaN/Inf in ``x`` raise ValueError; without it they
@@ -228,7 +236,9 @@ class FanIn:
         yt = self.forward_fm(to_feature_major(x, n), n_threads=n, check_finite=False)
         return from_feature_major(yt, n_threads=n).reshape(self._y_shape(x))
 
-    def backward(self, x, dy, y=None, need_input_grad=True, n_threads=None, check_finite=True):
+    def backward(self, x: np.ndarray, dy: np.ndarray, y: np.ndarray | None = None,
+                 need_input_grad: bool = True, n_threads: int | None = None,
+                 check_finite: bool = True) -> Gradients:
         """Gradients given the forward input ``x`` and the output gradient ``dy``.
 
         ``y`` (the forward output) is needed when the activation is ReLU. Returns
@@ -250,7 +260,7 @@ class FanIn:
                              check_finite=False)
         dx = None
         if need_input_grad:
-            dx = from_feature_major(g.input, n_threads=n).reshape(x.shape)
+            dx = from_feature_major(cast(np.ndarray, g.input), n_threads=n).reshape(x.shape)
         return Gradients(dx, g.weight, g.bias)
 
     # -- kernel layout -------------------------------------------------------------------------
@@ -262,7 +272,8 @@ class FanIn:
         return check_array(xt, name, np.float32, shape=(self.n_in, self.c_in, None),
                            finite=check_finite)
 
-    def forward_fm(self, xt, out=None, n_threads=None, check_finite=True):
+    def forward_fm(self, xt: np.ndarray, out: np.ndarray | None = None,
+                   n_threads: int | None = None, check_finite: bool = True) -> np.ndarray:
         """Forward pass in the kernels' layout: xt (n_in, c_in, batch) -> (n_out, c_out, batch)."""
         xt = self._check_xt(xt, "xt", check_finite)
         batch = xt.shape[2]
@@ -272,9 +283,12 @@ class FanIn:
             check_no_overlap(out, "out", xt=xt, weight=self._weight, bias=self._bias)
         return _engine.forward(self, xt, self._threads(n_threads), out)
 
-    def backward_fm(self, xt, dyt, yt=None, grad_input=None, grad_weight=None, grad_bias=None,
-                    need_input_grad=True, n_threads=None, check_finite=True,
-                    need_param_grad=True, overwrite_dyt=False):
+    def backward_fm(self, xt: np.ndarray, dyt: np.ndarray, yt: np.ndarray | None = None,
+                    grad_input: np.ndarray | None = None,
+                    grad_weight: np.ndarray | None = None,
+                    grad_bias: np.ndarray | None = None, need_input_grad: bool = True,
+                    n_threads: int | None = None, check_finite: bool = True,
+                    need_param_grad: bool = True, overwrite_dyt: bool = False) -> Gradients:
         """Backward pass in the kernels' layout; gradients *accumulate* into given buffers.
 
         xt (n_in, c_in, B) is the forward input, dyt (n_out, c_out, B) the output gradient,

@@ -5,6 +5,8 @@ contiguous, so that every gathered input is one contiguous batch vector. Public 
 ``(batch, ...)``; a network changes layout once at its entry and once at its exit. Both
 directions are one parallel blocked transpose in C.
 """
+from __future__ import annotations
+
 import numpy as np
 
 from sparsefan import _engine
@@ -13,7 +15,7 @@ from sparsefan._threads import resolve_n_threads
 from sparsefan._validation import check_array
 
 
-def to_feature_major(x, n_threads=None):
+def to_feature_major(x: np.ndarray, n_threads: int | None = None) -> np.ndarray:
     """``(batch, units)`` or ``(batch, units, channels)`` float32 -> ``(units, channels, batch)``.
 
     A 2-D input gets one channel. Returns a new C-contiguous float32 array.
@@ -22,7 +24,8 @@ def to_feature_major(x, n_threads=None):
     return _engine.to_feature_major(x, resolve_n_threads(n_threads))
 
 
-def from_feature_major(xt, squeeze_channels=False, n_threads=None):
+def from_feature_major(xt: np.ndarray, squeeze_channels: bool = False,
+                       n_threads: int | None = None) -> np.ndarray:
     """``(units, channels, batch)`` float32 -> ``(batch, units, channels)``.
 
     With ``squeeze_channels=True`` and one channel, returns ``(batch, units)``.

@@ -27,7 +27,14 @@ bound (both sound); training uses power-iteration estimates and a smoothed maxim
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
+
 import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from sparsefan.network import Network
 
 SAFETY = 1.0 + 1e-5  # float32 forward passes and float64 SVDs round; keep K an upper bound
 
@@ -154,7 +161,7 @@ def _to_matrix(Kp, C):
     return K
 
 
-def input_weights(network):
+def input_weights(network: Network) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
     """(T (P,), v (n_in, P), pairs): the chain bound's parts for class pairs p = (y < c), exact
     spectral norms: |d(S_y - S_c)| <= sqrt(T_p * sum_i v_ip dx_i^2) for any change dx. With r
     changed pixels each moving at most 1 this is at most sqrt(T_p * (the r largest v_ip)): an
@@ -177,7 +184,7 @@ def _exact_chain(network):
     return (wiring, s, n, chain), inter["T"] * SAFETY, inter["vs"][0] * SAFETY, pairs
 
 
-def margin_bounds(network):
+def margin_bounds(network: Network) -> np.ndarray:
     """K (C, C) float64: K[y, c] is a sound upper bound on the L2 Lipschitz constant of the
     mean-logit margin S_y - S_c (0 on the diagonal). Exact spectral norms; the minimum of the
     wiring-weighted chain and the layer-product bound, inflated by ``SAFETY``."""
@@ -205,8 +212,9 @@ class MarginBound:
     changed pixels, each moving at most 1, move the margin (the L0 certificate's chain term,
     :func:`input_weights`); its gradient goes to the r selected inputs."""
 
-    def __init__(self, network, iterations=1, temperature=0.05, seed=0, dtype=np.float32,
-                 top=None):
+    def __init__(self, network: Network, iterations: int = 1, temperature: float = 0.05,
+                 seed: int | np.random.Generator | None = 0, dtype: npt.DTypeLike = np.float32,
+                 top: int | None = None) -> None:
         if network.aggregate != "mean_logits":
             raise ValueError("certified L2 training needs a mean_logits network")
         self.network = network
@@ -226,14 +234,14 @@ class MarginBound:
                 v = rng.standard_normal((B.shape[0], B.shape[2]))
                 vecs.append((v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32))
             self.vectors.append(vecs)
-        self._saved = None
+        self._saved: dict[str, Any] | None = None
 
-    def buffers(self):
+    def buffers(self) -> list[np.ndarray]:
         """The power-iteration vectors (float32 arrays, updated in place): training state a
         checkpoint keeps, so that a resumed run is bit-identical."""
         return [v for vecs in self.vectors for v in vecs]
 
-    def value(self, warm=False):
+    def value(self, warm: bool = False) -> np.ndarray:
         """K (C, C) for the current weights (one step of power iteration, ten with ``warm``,
         from the kept vectors), remembering what :meth:`backward` needs."""
         net, wiring = self.network, self.wiring
@@ -281,9 +289,9 @@ class MarginBound:
         self._saved = dict(s=s, uv=uv, n=n, diffs=diffs, head_blocks=hb, K=Kp, **inter)
         return _to_matrix(Kp, net.n_classes)
 
-    def backward(self, dK, grads):
+    def backward(self, dK: np.ndarray, grads: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
         """dK (C, C): dLoss/dK[y, c]. Adds the weight gradients into ``grads``."""
-        sv, wiring, net = self._saved, self.wiring, self.network
+        sv, wiring, net = cast("dict[str, Any]", self._saved), self.wiring, self.network
         m, L = wiring.m, wiring.n_layers
         gK = np.array([dK[a, b] + dK[b, a] for a, b in self.pairs])
         Kp, T, V = sv["K"], sv["T"], sv["V"]

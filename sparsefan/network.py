@@ -10,10 +10,12 @@ one GEMM (see FanIn), so a dense MLP is a Network too and trains with the same t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar, overload
 
 import numpy as np
+import numpy.typing as npt
 
 from sparsefan import _engine
 from sparsefan import aggregate as agg
@@ -21,6 +23,9 @@ from sparsefan._threads import resolve_n_threads
 from sparsefan._validation import check_array, check_int, check_writable
 from sparsefan.connectivity import Connectivity
 from sparsefan.layers import FanIn
+
+_T = TypeVar("_T")
+_V = TypeVar("_V")
 
 
 class Certified(NamedTuple):
@@ -46,7 +51,7 @@ class StepResult:
     aggregate_loss: float
     unit_loss: float
     correct: int
-    grads: list  # per layer: (grad_weight, grad_bias)
+    grads: list[tuple[np.ndarray, np.ndarray]]  # per layer: (grad_weight, grad_bias)
     d_offsets: np.ndarray | None = None  # (C, C) dLoss/d offsets, with margin offsets
     d_scale: float | None = None  # dLoss/d the logit scale, with margin offsets
     certified: int | None = None  # examples whose margins clear the offsets
@@ -69,9 +74,10 @@ class Network:
         The builder or a free label, kept in model files.
     """
 
-    def __init__(self, layers, n_classes, aggregate="mean_logits", input_shape=None, name=None):
+    def __init__(self, layers: Iterable[FanIn], n_classes: int, aggregate: str = "mean_logits",
+                 input_shape: Iterable[int] | None = None, name: str | None = None) -> None:
         layers = list(layers)
-        self.n_classes = check_int(n_classes, "n_classes", 2)
+        self.n_classes: int = check_int(n_classes, "n_classes", 2)
         self._check_chain(layers)
         if aggregate not in agg.AGGREGATES:
             raise ValueError(f"aggregate must be one of {agg.AGGREGATES}, got {aggregate!r}")
@@ -85,7 +91,7 @@ class Network:
             raise ValueError(f"input_shape {input_shape} does not hold n_in = {n_in} values")
         self.input_shape = input_shape
         self.name = name or "network"
-        self.metadata = {}
+        self.metadata: dict[str, Any] = {}
 
     def _check_chain(self, layers):
         """Raise unless ``layers`` is a non-empty chain of FanIn layers ending in n_classes
@@ -114,27 +120,27 @@ class Network:
     # -- structure -----------------------------------------------------------------------------
 
     @property
-    def n_in(self):
+    def n_in(self) -> int:
         return self.layers[0].n_in
 
     @property
-    def n_units(self):
+    def n_units(self) -> int:
         """M: the number of output units, each emitting n_classes scores."""
         return self.layers[-1].n_out
 
     @property
-    def n_params(self):
+    def n_params(self) -> int:
         return sum(layer.n_params for layer in self.layers)
 
-    def flops(self, batch=1):
+    def flops(self, batch: int = 1) -> int:
         """FLOPs of one forward pass through the layers, 2 per multiply-add (as
         ``FanIn.flops``; aggregation excluded)."""
         return sum(layer.flops(batch) for layer in self.layers)
 
-    def connectivities(self):
+    def connectivities(self) -> list[Connectivity]:
         return [layer.connectivity for layer in self.layers]
 
-    def receptive_fields(self):
+    def receptive_fields(self) -> Connectivity:
         """Connectivity from the inputs to the output units: the composition of every table."""
         fields = self.layers[0].connectivity
         for layer in self.layers[1:]:
@@ -143,14 +149,26 @@ class Network:
 
     # -- inference -----------------------------------------------------------------------------
 
-    def check_inputs(self, x, check_finite=True, name="x"):
+    def check_inputs(self, x: np.ndarray, check_finite: bool = True,
+                     name: str = "x") -> np.ndarray:
         """``x`` as the validated (batch, n_in) float32 array the engine reads: (batch, n_in)
         or (batch, *input_shape), C-contiguous float32; NaN/Inf refused with ``check_finite``."""
         if isinstance(x, np.ndarray) and x.ndim > 2 and x.shape[1:] == self.input_shape:
             x = x.reshape(x.shape[0], -1)
         return check_array(x, name, np.float32, shape=(None, self.n_in), finite=check_finite)
 
-    def forward_fm(self, xt, n_threads=None, keep=False):
+    @overload
+    def forward_fm(self, xt: np.ndarray, n_threads: int | None = None,
+                   keep: Literal[False] = False) -> np.ndarray: ...
+    @overload
+    def forward_fm(self, xt: np.ndarray, n_threads: int | None = None, *,
+                   keep: Literal[True]) -> list[np.ndarray]: ...
+    @overload
+    def forward_fm(self, xt: np.ndarray, n_threads: int | None = None,
+                   keep: bool = False) -> np.ndarray | list[np.ndarray]: ...
+
+    def forward_fm(self, xt: np.ndarray, n_threads: int | None = None,
+                   keep: bool = False) -> np.ndarray | list[np.ndarray]:
         """Run the layers on xt (n_in, 1, batch). Returns Z (M, C, batch), or with ``keep`` the
         list of every layer's input and the final output."""
         check_array(xt, "xt", np.float32, shape=(self.n_in, 1, None))
@@ -166,7 +184,7 @@ class Network:
         """The layers as one C call (sparsefan._engine.fused_plan), or None."""
         return _engine.fused_plan(self)
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.pop("_derived", None)  # recomputed for the unpickled weights
         return state
@@ -178,7 +196,7 @@ class Network:
             (layer.version, layer.activation, layer.c_in, layer.c_out, layer.connectivity)
             for layer in self.layers))
 
-    def derived(self, name, compute):
+    def derived(self, name: str, compute: Callable[[Network], _T]) -> _T:
         """``compute(self)``, cached under ``name`` for the current weight state.
 
         The cache is keyed on every layer's ``version`` (advanced by any write to its weight
@@ -194,7 +212,8 @@ class Network:
         cache[name] = (key, value)
         return value
 
-    def unit_logits(self, x, n_threads=None, batch_size=4096):
+    def unit_logits(self, x: np.ndarray, n_threads: int | None = None,
+                    batch_size: int = 4096) -> np.ndarray:
         """Per-unit class scores Z, shape (M, C, batch), float32.
 
         Fixed fan-in networks run as one C call per chunk of ``batch_size`` examples (layout
@@ -235,7 +254,7 @@ class Network:
                 f"the network's outputs overflowed float32 for {len(bad)} example(s) of x "
                 f"(first: {int(bad[0])}): weights or inputs too large")
 
-    def predict_proba(self, x, n_threads=None):
+    def predict_proba(self, x: np.ndarray, n_threads: int | None = None) -> np.ndarray:
         """(batch, C) probabilities of the aggregate."""
         Z = self.unit_logits(x, n_threads)
         with np.errstate(invalid="ignore", over="ignore"):  # refused just below
@@ -243,7 +262,7 @@ class Network:
         self._refuse_overflow(Z, P)
         return P
 
-    def scores(self, x, n_threads=None):
+    def scores(self, x: np.ndarray, n_threads: int | None = None) -> np.ndarray:
         """(batch, C) aggregate scores: mean logits, log mean probability (-inf for a class of
         probability 0), or vote fraction."""
         Z = self.unit_logits(x, n_threads)
@@ -252,11 +271,12 @@ class Network:
         self._refuse_overflow(Z, S, allow_neg_inf=self.aggregate == "mean_prob")
         return S
 
-    def predict(self, x, n_threads=None):
+    def predict(self, x: np.ndarray, n_threads: int | None = None) -> np.ndarray:
         """(batch,) predicted class (argmax of the aggregate scores; ties -> lowest class)."""
         return self.scores(x, n_threads).argmax(axis=1)
 
-    def predict_certified(self, x, n_threads=None, max_l0=200):
+    def predict_certified(self, x: np.ndarray, n_threads: int | None = None,
+                          max_l0: int = 200) -> Certified:
         """Every prediction with its certificates, for mean_logits networks.
 
         Returns :class:`Certified` (classes (batch,) int64, l2_radius (batch,) float64,
@@ -284,7 +304,7 @@ class Network:
 
     # -- training ------------------------------------------------------------------------------
 
-    def check_targets(self, y, batch, name="y"):
+    def check_targets(self, y: npt.ArrayLike, batch: int, name: str = "y") -> np.ndarray:
         """``y`` checked as ``batch`` int labels in [0, n_classes) (returned as int64) or as
         soft targets (batch, n_classes): finite, >= 0, rows summing to 1 (returned as float64)."""
         y = np.asarray(y)
@@ -306,8 +326,10 @@ class Network:
             raise ValueError(f"{name} must hold labels in [0, {C})")
         return y.astype(np.int64, copy=False)
 
-    def loss_and_grad(self, x, y, aggregate_weight=1.0, unit_weight=0.0, n_threads=None,
-                      grads=None, offsets=None, scale=1.0):
+    def loss_and_grad(self, x: np.ndarray, y: npt.ArrayLike, aggregate_weight: float = 1.0,
+                      unit_weight: float = 0.0, n_threads: int | None = None,
+                      grads: list[tuple[np.ndarray, np.ndarray]] | None = None,
+                      offsets: np.ndarray | None = None, scale: float = 1.0) -> StepResult:
         """Loss = aggregate_weight * CE(aggregate) + unit_weight * mean per-unit CE, and the
         gradient of every layer's weight and bias (accumulated into ``grads`` if given).
 
@@ -377,7 +399,9 @@ class Network:
         return StepResult(float(loss), float(loss_a), float(loss_u), correct, grads, d_off,
                           d_scale, certified)
 
-    def input_gradient(self, x, objective, n_threads=None):
+    def input_gradient(self, x: np.ndarray,
+                       objective: Callable[[np.ndarray], tuple[_V, npt.ArrayLike]],
+                       n_threads: int | None = None) -> tuple[_V, np.ndarray]:
         """Value and input gradient of ``objective`` through the C backward pass.
 
         ``objective(Z)`` receives the per-unit logits Z (M, C, batch) (float32) and returns
@@ -397,7 +421,7 @@ class Network:
 
     # -- description ---------------------------------------------------------------------------
 
-    def summary_dict(self):
+    def summary_dict(self) -> dict[str, Any]:
         rows = []
         for i, layer in enumerate(self.layers):
             conn = layer.connectivity
@@ -423,7 +447,7 @@ class Network:
             "out_degree_max": int(deg.max()), "out_degree_mean": float(deg.mean()),
         }
 
-    def summary(self):
+    def summary(self) -> str:
         """A table per layer (units, channels, fan-in, params, FLOPs per example, bytes) and
         the receptive fields and per-input out-degree to the output units."""
         s = self.summary_dict()
@@ -449,7 +473,7 @@ class Network:
             f"mean {s['out_degree_mean']:.1f}")
         return "\n".join(lines)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"Network({self.name!r}, n_in={self.n_in}, layers={len(self.layers)}, "
                 f"n_units={self.n_units}, n_classes={self.n_classes}, "
                 f"aggregate={self.aggregate!r})")

@@ -24,13 +24,21 @@ import json
 import logging
 import math
 import numbers
+import os
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast, overload
 
 import numpy as np
+import numpy.typing as npt
 
 from sparsefan import aggregate as agg
-from sparsefan.network import Network
+from sparsefan.network import Network, StepResult
+
+if TYPE_CHECKING:
+    from sparsefan.certify import L0Bound
+    from sparsefan.lipschitz import MarginBound
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +94,7 @@ class TrainConfig:
     power_iterations: int = 1
     logit_temperature: float = 0.0
     l0_radius: int = 0
-    augment: tuple = ()
+    augment: tuple[str, ...] | str = ()
     augment_fraction: float = 0.5
 
     def __post_init__(self):
@@ -142,7 +150,7 @@ class TrainConfig:
         if int(self.power_iterations) < 1:
             raise ValueError(f"power_iterations must be >= 1, got {self.power_iterations}")
 
-    def loss_weights(self, aggregate):
+    def loss_weights(self, aggregate: str) -> tuple[float, float]:
         a, u = self.aggregate_loss, self.unit_loss
         if a is None and u is None:
             a, u = (0.0, 1.0) if aggregate == "vote" else (1.0, 0.0)
@@ -153,19 +161,19 @@ class TrainConfig:
             raise ValueError("aggregate_loss and unit_loss are both 0: nothing to train")
         return a, u
 
-    def to_json(self):
+    def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
 
 @dataclass
 class TrainResult:
-    history: list = field(default_factory=list)  # one dict per epoch
+    history: list[dict[str, Any]] = field(default_factory=list)  # one dict per epoch
     best_epoch: int | None = None
     seconds: float = 0.0
     steps: int = 0
 
 
-def train_epsilon(config, step, steps_per_epoch):
+def train_epsilon(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """The multiplier of the certified-training bound at ``step``: linear from 0 over the first
     ``epsilon_ramp`` of all steps, then ``l2_epsilon`` (L2 training) or 1 (L0 training: the
     bound already holds the radius)."""
@@ -176,7 +184,9 @@ def train_epsilon(config, step, steps_per_epoch):
     return full * min(1.0, (step + 1) / ramp)
 
 
-def certified_step(network, bound, x, y, eps, config, grads, warm=False):
+def certified_step(network: Network, bound: MarginBound | L0Bound, x: np.ndarray,
+                   y: npt.ArrayLike, eps: float, config: TrainConfig,
+                   grads: list[tuple[np.ndarray, np.ndarray]], warm: bool = False) -> StepResult:
     """One step of certified training: the margin loss with offsets eps * K, K the bound
     ``bound`` (a :class:`sparsefan.lipschitz.MarginBound` for L2, eps the radius, or a
     :class:`sparsefan.certify.L0Bound`, eps the ramp), its gradient through the logits (the C
@@ -189,15 +199,15 @@ def certified_step(network, bound, x, y, eps, config, grads, warm=False):
     aw, _ = config.loss_weights(network.aggregate)
     r = network.loss_and_grad(x, y, aw, 0.0, config.n_threads, grads, offsets=eps * K,
                               scale=scale)
-    dK = eps * r.d_offsets
+    dK = eps * cast(np.ndarray, r.d_offsets)  # set: offsets were given
     if kappa is not None:  # through scale = t / mean(K)
         off = ~np.eye(len(K), dtype=bool)
-        dK[off] -= r.d_scale * scale / kappa / off.sum()
+        dK[off] -= cast(float, r.d_scale) * scale / kappa / off.sum()
     bound.backward(dK, grads)
     return r
 
 
-def learning_rate(config, step, steps_per_epoch):
+def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     total = config.epochs * steps_per_epoch
     warm = config.warmup_epochs * steps_per_epoch
     if warm and step < warm:
@@ -216,7 +226,7 @@ class Optimizer:
     """Adam (with decoupled weight decay, on weights only) or SGD with momentum (weight decay
     as an L2 term on weights). State: one or two buffers per parameter and the step count."""
 
-    def __init__(self, network, config):
+    def __init__(self, network: Network, config: TrainConfig) -> None:
         self.config = config
         self.layers = list(network.layers)
         n = 2 if config.optimizer == "adam" else 1
@@ -225,7 +235,7 @@ class Optimizer:
                       for layer in self.layers for p in (layer.weight, layer.bias)]
         self.t = 0
 
-    def step(self, grads, lr):
+    def step(self, grads: Sequence[tuple[np.ndarray, np.ndarray]], lr: float) -> None:
         self.t += 1
         for i, (layer, (gw, gb)) in enumerate(zip(self.layers, grads)):
             with layer.edit() as (w, b):  # in place: the layer keeps its arrays and plan
@@ -260,7 +270,8 @@ class Optimizer:
             p -= np.float32(lr) * buf
 
 
-def evaluate(network, x, y, n_threads=None, batch_size=2048):
+def evaluate(network: Network, x: np.ndarray, y: np.ndarray, n_threads: int | None = None,
+             batch_size: int = 2048) -> tuple[float, float]:
     """Accuracy and mean aggregate cross-entropy (or vote error proxy) on (x, y); y int labels or
     soft targets (an example counts as correct when the prediction is its most likely class)."""
     correct = 0
@@ -277,7 +288,7 @@ def evaluate(network, x, y, n_threads=None, batch_size=2048):
     return correct / max(1, len(x)), loss / max(1, len(x))
 
 
-def _split(n, fraction, seed):
+def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     if fraction <= 0:
         return np.arange(n), np.zeros(0, dtype=np.int64)
     perm = np.random.default_rng([seed, 2**31 - 1]).permutation(n)
@@ -285,7 +296,7 @@ def _split(n, fraction, seed):
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def as_float_inputs(x):
+def as_float_inputs(x: npt.ArrayLike) -> np.ndarray:
     """uint8 images -> float32 in [0, 1]; float arrays -> C-contiguous float32 (no rescaling)."""
     x = np.asarray(x)
     flat = (len(x), math.prod(x.shape[1:])) if x.ndim else (-1,)
@@ -335,8 +346,25 @@ class _IterableBatches:
             yield xb, self.network.check_targets(np.asarray(yb), len(xb), f"y batch {i}")
 
 
-def train(network, x, y=None, config=None, x_val=None, y_val=None, checkpoint=None,
-          resume=False, progress=True, log=None):
+@overload
+def train(network: Network, x: npt.ArrayLike, y: npt.ArrayLike,
+          config: TrainConfig | None = None, x_val: npt.ArrayLike | None = None,
+          y_val: npt.ArrayLike | None = None,
+          checkpoint: str | os.PathLike[str] | None = None, resume: bool = False,
+          progress: bool = True, log: Callable[[str], object] | None = None) -> TrainResult: ...
+@overload
+def train(network: Network, x: Iterable[Any], y: None = None,
+          config: TrainConfig | None = None, x_val: npt.ArrayLike | None = None,
+          y_val: npt.ArrayLike | None = None,
+          checkpoint: str | os.PathLike[str] | None = None, resume: bool = False,
+          progress: bool = True, log: Callable[[str], object] | None = None) -> TrainResult: ...
+
+
+def train(network: Network, x: Any, y: npt.ArrayLike | None = None,
+          config: TrainConfig | None = None, x_val: npt.ArrayLike | None = None,
+          y_val: Any = None,
+          checkpoint: str | os.PathLike[str] | None = None, resume: bool = False,
+          progress: bool = True, log: Callable[[str], object] | None = None) -> TrainResult:
     """Train ``network`` in place; returns a :class:`TrainResult`.
 
     Data: x (n, ...) uint8 or float with y (n,) int labels or (n, n_classes) soft targets; or
@@ -382,7 +410,7 @@ def train(network, x, y=None, config=None, x_val=None, y_val=None, checkpoint=No
     if x_val is not None:
         x_val = network.check_inputs(as_float_inputs(x_val), name="x_val")
         y_val = network.check_targets(y_val, len(x_val), "y_val")
-    has_val = len(x_val) > 0
+    has_val = len(cast(np.ndarray, x_val)) > 0
     steps_per_epoch = data.steps
     if steps_per_epoch is None:
         needs = [what for what, on in (
@@ -401,7 +429,8 @@ def train(network, x, y=None, config=None, x_val=None, y_val=None, checkpoint=No
         if len(shape) != 2:
             raise ValueError(f"augment transforms images: the network's input_shape {shape} "
                              f"is not (height, width); pass x as (n, height, width) arrays")
-        augmenter = Augmenter(config.augment, shape, network.n_classes, config.augment_fraction)
+        augmenter = Augmenter(tuple(config.augment), shape, network.n_classes,
+                              config.augment_fraction)
 
     opt = Optimizer(network, config)
     bound = None
@@ -427,7 +456,7 @@ def train(network, x, y=None, config=None, x_val=None, y_val=None, checkpoint=No
         opt.state.append(bound.buffers())  # checkpointed with the optimizer: exact resume
     result = TrainResult()
     start_epoch = 0
-    best = None  # (accuracy, epoch, weights)
+    best: Any = None  # (accuracy, epoch, weights)
     if resume and checkpoint is not None:
         state = sfio.load_checkpoint(checkpoint, network, opt, config)
         if state is not None:
@@ -466,7 +495,7 @@ def train(network, x, y=None, config=None, x_val=None, y_val=None, checkpoint=No
                     eps = train_epsilon(config, opt.t, steps_per_epoch)
                     r = certified_step(network, bound, xb, yb, eps, config, grads,
                                        warm=opt.t == 0)
-                    certified += r.certified
+                    certified += cast(int, r.certified)  # set by certified_step
                 if not math.isfinite(r.loss):
                     raise TrainingError(
                         f"loss is {r.loss} at step {opt.t + 1} (epoch {epoch + 1}); lower the "
@@ -486,8 +515,8 @@ def train(network, x, y=None, config=None, x_val=None, y_val=None, checkpoint=No
                 row["train_certified"] = certified / seen
                 row["epsilon"] = train_epsilon(config, opt.t - 1, steps_per_epoch)
             if has_val:
-                row["val_accuracy"], row["val_loss"] = evaluate(network, x_val, y_val,
-                                                                config.n_threads)
+                row["val_accuracy"], row["val_loss"] = evaluate(network, cast(np.ndarray, x_val),
+                                                                y_val, config.n_threads)
                 if best is None or row["val_accuracy"] > best[0]:
                     best = (row["val_accuracy"], epoch + 1,
                             [(l.weight.copy(), l.bias.copy()) for l in network.layers])

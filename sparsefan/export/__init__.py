@@ -11,14 +11,20 @@
 
 See docs/export.md.
 """
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING
 
 from sparsefan.export.c import CExport, Footprint, check_name, export_c, footprint
 from sparsefan.export.quantize import QuantizedNetwork, quantize_int8
 from sparsefan.export.size import measure_cortex_m4
 
+if TYPE_CHECKING:
+    from sparsefan.network import Network
 
-def runtime_dir():
+
+def runtime_dir() -> str:
     """The directory holding ``sf_runtime.h`` and ``sf_runtime.c``.
 
     An installed package carries them as ``sparsefan/export/runtime`` (mapped from the
@@ -35,7 +41,7 @@ def runtime_dir():
                             "installation; reinstall sparsefan")
 
 
-def check_exportable(network):
+def check_exportable(network: object) -> None:
     """Raise ValueError for a network the exports cannot express (MaxMin activations)."""
     for i, layer in enumerate(getattr(network, "layers", ())):
         if layer.activation not in (None, "relu"):
@@ -43,7 +49,7 @@ def check_exportable(network):
                              f"ONNX exports support ReLU and linear layers")
 
 
-def export_onnx(network, path):
+def export_onnx(network: Network, path: str | os.PathLike[str]) -> str:
     """Write ``network`` as an ONNX model to ``path`` (opset 17, dynamic batch); see
     :mod:`sparsefan.export.onnx`. Needs ``pip install 'sparsefan[export]'``."""
     from sparsefan.export.onnx import export_onnx as _export

@@ -27,7 +27,7 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _MAX_TOTAL = 2**31 - 1
 
 
-def check_name(name):
+def check_name(name: str) -> str:
     """``name`` must be a C identifier usable as a prefix: returns it, or raises ValueError."""
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
@@ -82,7 +82,7 @@ class Footprint:
     scratch_bytes: int  # NAME_SCRATCH_BYTES
     quantized: bool
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, int | bool]:
         return {"const_bytes": self.const_bytes, "scratch_bytes": self.scratch_bytes,
                 "quantized": self.quantized}
 
@@ -94,15 +94,15 @@ class CExport:
     name: str
     header: str
     source: str
-    runtime: list
+    runtime: list[str]
     footprint: Footprint
 
     @property
-    def files(self):
+    def files(self) -> list[str]:
         return [self.header, self.source] + list(self.runtime)
 
 
-def scratch_bytes(network, quantized):
+def scratch_bytes(network: Network, quantized: bool) -> int:
     """Bytes of scratch the runtime needs (mirrors ``plan_scratch`` in sf_runtime.c)."""
     sizes = [layer.n_out * layer.c_out for layer in network.layers]
     L = len(sizes)
@@ -149,7 +149,7 @@ def _array_bytes(ctype, arr):
     return size * max(1, np.asarray(arr).size)
 
 
-def footprint(model, certificates=False):
+def footprint(model: Network | QuantizedNetwork, certificates: bool = False) -> Footprint:
     """:class:`Footprint` of ``model`` (a Network for float32, a QuantizedNetwork for int8);
     with ``certificates``, the certificate tables of NAME_predict_certified included."""
     network, qlayers, tables = _tables(_check_model(model))
@@ -190,7 +190,8 @@ def _certificate_tables(model):
     return certify.certificate_tables(model)
 
 
-def generate(model, name, certificates=False):
+def generate(model: Network | QuantizedNetwork, name: str,
+             certificates: bool = False) -> tuple[str, str]:
     """(header text, source text) for ``model`` under the C prefix ``name``; with
     ``certificates`` also NAME_predict_certified and its constant tables."""
     model = _check_model(model)
@@ -364,7 +365,9 @@ def _write_text(path, text):
     atomic_write(path, lambda f: f.write(data))
 
 
-def export_c(model, out_dir, name="model", runtime=True, certificates=False):
+def export_c(model: Network | QuantizedNetwork, out_dir: str | os.PathLike[str],
+             name: str = "model", runtime: bool = True,
+             certificates: bool = False) -> CExport:
     """Write ``NAME.h`` and ``NAME.c`` for ``model`` into ``out_dir`` (created if needed).
 
     Parameters

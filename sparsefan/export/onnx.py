@@ -22,10 +22,14 @@ ArgMax -> Equal -> Cast -> ReduceMean (vote).
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sparsefan.network import Network
+
+if TYPE_CHECKING:
+    import onnx
 
 OPSET = 17
 
@@ -56,7 +60,7 @@ def _layer_blocks(layer):
     return None if identity else idx.ravel(), W.reshape(conn.n_out, k * ci, co), k
 
 
-def build_model(network):
+def build_model(network: Network) -> onnx.ModelProto:
     """The ONNX ModelProto of ``network`` (checked with onnx.checker)."""
     onnx = _require_onnx()
     from onnx import TensorProto, helper, numpy_helper
@@ -136,7 +140,7 @@ def build_model(network):
     return model
 
 
-def export_onnx(network, path):
+def export_onnx(network: Network, path: str | os.PathLike[str]) -> str:
     """Write ``network`` to ``path`` (.onnx); returns the path. Needs the ``onnx`` package."""
     _require_onnx()
     path = os.fspath(path)

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import scipy.sparse as sp
 
 from sparsefan import aggregate as agg
@@ -29,7 +30,7 @@ QMAX = 127
 _INT32_MAX = 2**31 - 1
 
 
-def round_half_away(v):
+def round_half_away(v: npt.ArrayLike) -> np.ndarray:
     """float32 -> int8 values exactly as the runtime's ``quantize``: clamp to [-127, 127],
     round half away from zero with float32 arithmetic, NaN -> 0."""
     v = np.asarray(v, dtype=np.float32)
@@ -54,7 +55,7 @@ class QuantizedLayer:
     out_scale: float | None   # scale of its int8 output (None for the last layer)
 
     @property
-    def out_inv_scale(self):
+    def out_inv_scale(self) -> np.float32:
         return np.float32(0.0) if self.out_scale is None else np.float32(1.0 / self.out_scale)
 
 
@@ -65,7 +66,8 @@ class QuantizedNetwork:
     what the exported C code computes in its int8 mode.
     """
 
-    def __init__(self, network, layers, in_scale, calibration_size, percentile):
+    def __init__(self, network: Network, layers: list[QuantizedLayer], in_scale: float,
+                 calibration_size: int, percentile: float) -> None:
         self.network = network
         self.layers = layers
         self.in_scale = float(in_scale)
@@ -74,7 +76,7 @@ class QuantizedNetwork:
         self._matrices = None
 
     @property
-    def in_inv_scale(self):
+    def in_inv_scale(self) -> np.float32:
         return np.float32(1.0 / self.in_scale)
 
     def _sparse(self):
@@ -95,7 +97,7 @@ class QuantizedNetwork:
             self._matrices = mats
         return self._matrices
 
-    def unit_logits(self, x, batch_size=2048):
+    def unit_logits(self, x: np.ndarray, batch_size: int = 2048) -> np.ndarray:
         """Per-unit logits Z, shape (M, C, batch), float32 — as the int8 C runtime computes."""
         x = self.network.check_inputs(x)
         mats = self._sparse()
@@ -116,11 +118,11 @@ class QuantizedNetwork:
                     a = round_half_away(v * q.out_inv_scale)
         return out
 
-    def scores(self, x):
+    def scores(self, x: np.ndarray) -> np.ndarray:
         """(batch, C) aggregate scores of the int8 model."""
         return agg.scores(self.unit_logits(x), self.network.aggregate)
 
-    def predict(self, x):
+    def predict(self, x: np.ndarray) -> np.ndarray:
         return self.scores(x).argmax(axis=1)
 
 
@@ -135,7 +137,8 @@ def _scale(level):
     return level / QMAX if level > 0 and np.isfinite(level) else 1.0
 
 
-def quantize_int8(network, calibration, percentile=100.0, batch_size=2048):
+def quantize_int8(network: Network, calibration: np.ndarray, percentile: float = 100.0,
+                  batch_size: int = 2048) -> QuantizedNetwork:
     """Quantize ``network`` to int8 with activation scales calibrated on ``calibration``.
 
     Parameters
@@ -166,7 +169,7 @@ def quantize_int8(network, calibration, percentile=100.0, batch_size=2048):
 
     # activation levels at every layer input (float network), streamed over the calibration set
     n_layers = len(network.layers)
-    samples = [[] for _ in range(n_layers)]
+    samples: list[list[np.ndarray]] = [[] for _ in range(n_layers)]
     for s in range(0, x.shape[0], batch_size):
         acts = network.forward_fm(np.ascontiguousarray(x[s:s + batch_size].T[:, None, :]),
                                   keep=True)

@@ -5,6 +5,10 @@ import os
 import shutil
 import subprocess
 import tempfile
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sparsefan.export.c import CExport
 
 CORTEX_M4_FLAGS = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16",
                    "-Os", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic")
@@ -23,7 +27,8 @@ def _sections(size_tool, obj):
     return sizes
 
 
-def measure_cortex_m4(export, gcc="arm-none-eabi-gcc", size="arm-none-eabi-size"):
+def measure_cortex_m4(export: CExport, gcc: str = "arm-none-eabi-gcc",
+                      size: str = "arm-none-eabi-size") -> dict[str, dict[str, int]] | None:
     """Compile an export (a :class:`~sparsefan.export.CExport` with its runtime copied) for a
     Cortex-M4 (``-mcpu=cortex-m4 -mthumb -mfloat-abi=hard -Os``, compile only) and return
     ``{"model": {section: bytes}, "runtime": {...}, "total": {...}}`` for .text, .rodata, .data
