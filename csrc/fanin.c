@@ -289,8 +289,10 @@ void sf_relu_backward(float *dz, const float *dy, const float *y, int64_t n, int
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(n_threads) if (n >= 8 * PARALLEL_MIN_WORK)
 #endif
-    for (int64_t i = 0; i < n; ++i)
-        dz[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+    for (int64_t i = 0; i < n; ++i) {
+        const float d = dy[i]; /* loaded unconditionally: the loop vectorizes (a blend) */
+        dz[i] = y[i] > 0.0f ? d : 0.0f;
+    }
 }
 
 /* ------------------------------------------------------------------------------------------ */
