@@ -1,8 +1,40 @@
 """Helpers shared by the tests (imported as ``from helpers import ...``; conftest.py keeps
 only fixtures)."""
+import os
+import subprocess
+import sys
+import tempfile
+
 import numpy as np
 
 import sparsefan as sf
+
+# the directory holding the sparsefan the tests import (site-packages, or the source tree when
+# it is on PYTHONPATH): a fresh interpreter given it first imports the same package
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(sf.__file__)))
+
+
+def fresh_env(**env):
+    """os.environ with PACKAGE_PARENT first on PYTHONPATH and ``env`` set (None unsets)."""
+    full = dict(os.environ)
+    full["PYTHONPATH"] = os.pathsep.join(
+        p for p in (PACKAGE_PARENT, os.environ.get("PYTHONPATH")) if p)
+    for key, value in env.items():
+        full.pop(key, None)
+        if value is not None:
+            full[key] = value
+    return full
+
+
+def run_fresh(args, env=None, **kwargs):
+    """subprocess.run of ``python *args`` importing the tests' sparsefan: PACKAGE_PARENT on the
+    path, and run from a neutral directory (``python -c`` puts the working directory first on
+    sys.path, and the repository root holds an unbuilt source tree)."""
+    kwargs.setdefault("cwd", tempfile.gettempdir())
+    kwargs.setdefault("capture_output", True)
+    kwargs.setdefault("text", True)
+    kwargs.setdefault("timeout", 180)
+    return subprocess.run([sys.executable, *args], env=fresh_env(**(env or {})), **kwargs)
 
 TOL = 1e-5  # ||C - ref|| / ||ref||, float32 kernels against the float64 reference
 

@@ -405,7 +405,7 @@ report.write_report(report.load_results({str(results)!r}), {str(tmp_path / 'out'
 print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
 """
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": SOURCE})
+                       env={**os.environ, "PYTHONPATH": SOURCE}, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["svg", "False"]
     made = sorted(os.listdir(tmp_path / "out"))

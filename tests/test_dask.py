@@ -4,8 +4,6 @@ parsed once per worker, a changed file at the same path is reloaded (never serve
 bad input raises naming the argument. The core never imports dask."""
 import hashlib
 import logging
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,6 +17,7 @@ from distributed import Client, LocalCluster  # noqa: E402
 from sparsefan import builders, io  # noqa: E402
 from sparsefan import dask as sfd  # noqa: E402
 from sparsefan.io import ModelFileError  # noqa: E402
+from helpers import run_fresh  # noqa: E402
 
 # uneven chunks, one of a single row (the kernels' batch-1 path)
 CHUNKS = ((50, 1, 37, 100, 12),)
@@ -194,6 +193,5 @@ def test_the_core_never_imports_dask():
     code = ("import sys, sparsefan, sparsefan.cli, sparsefan.train; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('dask', 'distributed')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+    out = run_fresh(["-c", code], check=True).stdout
     assert out.strip() == "[]"

@@ -1,6 +1,3 @@
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -10,8 +7,7 @@ pytest.importorskip("sklearn")
 from sparsefan import datasets  # noqa: E402
 from sparsefan.estimator import FanInClassifier  # noqa: E402
 from sparsefan.train import TrainConfig, as_float_inputs  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import run_fresh  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -91,13 +87,10 @@ def test_sparsefan_imports_without_sklearn():
         except ImportError as exc:
             print(exc)
     """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+    out = run_fresh(["-c", code])
     assert out.returncode == 0, out.stderr
     assert "sparsefan.estimator needs scikit-learn" in out.stdout
-    out = subprocess.run([sys.executable, "-c", "import sys, sparsefan; "
-                          "print('sklearn' in sys.modules)"], capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+    out = run_fresh(["-c", "import sys, sparsefan; print('sklearn' in sys.modules)"])
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
 
 

@@ -1,15 +1,12 @@
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import sparsefan as sf
+from helpers import run_fresh
 from sparsefan import _engine, _threads, builders
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 needs_openmp = pytest.mark.skipif(not sf.openmp_enabled(),
                                   reason="single-threaded build: every count resolves to 1")
@@ -17,15 +14,9 @@ needs_openmp = pytest.mark.skipif(not sf.openmp_enabled(),
 
 def run_python(code, **env):
     """Run ``code`` in a fresh interpreter (the OpenMP runtime reads its environment once, at
-    startup) with the source tree on the path and ``env`` set (None unsets); its last stdout
+    startup) importing the tests' sparsefan, with ``env`` set (None unsets); its last stdout
     line, parsed as JSON."""
-    full = dict(os.environ, PYTHONPATH=ROOT)
-    for key, value in env.items():
-        full.pop(key, None)
-        if value is not None:
-            full[key] = value
-    out = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True,
-                         text=True, timeout=120)
+    out = run_fresh(["-c", code], env=env)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 

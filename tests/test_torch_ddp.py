@@ -14,15 +14,15 @@ if not torch.distributed.is_available() or not torch.distributed.is_gloo_availab
                 allow_module_level=True)
 
 import sparsefan as sf  # noqa: E402
+from helpers import fresh_env  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_ddp_two_processes_end_with_the_same_weights(tmp_path):
     out = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_PORT"):
-        env.pop(var, None)  # spawn locally, not as a torchrun worker
+    env = fresh_env(**{var: None for var in ("RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
+                                             "MASTER_PORT")})  # spawn locally, not under torchrun
     cmd = [sys.executable, os.path.join(ROOT, "examples", "torch_ddp.py"), "--world-size", "2",
            "--epochs", "2", "--units", "98", "--fan-in", "16", "--hidden", "8",
            "--train-size", "512", "--threads", "1", "--out", str(out)]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import sparsefan as sf
+from helpers import run_fresh
 from sparsefan import builders, io
 from sparsefan._threads import max_threads, resolve_n_threads
 from sparsefan.layers import MAX_ABS_PARAMETER
@@ -42,9 +43,8 @@ def test_a_huge_omp_num_threads_is_capped():
             "    warnings.simplefilter('always')\n"
             "    layer.forward(np.ones((2, 20), np.float32))\n"
             "assert any('more threads than' in str(m.message) for m in w), w\n")
-    env = dict(os.environ, OMP_NUM_THREADS=str(10**9), OPENBLAS_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=120)
+    out = run_fresh(["-c", code], env={"OMP_NUM_THREADS": str(10**9),
+                                       "OPENBLAS_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr
 
 
