@@ -38,6 +38,7 @@ def test_measurements_and_page(falloff, tmp_path):
     for c in r["falloff"] + r["mosaic"]:
         assert all(0 <= v <= 1 for k, v in c.items() if k not in ("scale", "n"))
     assert r["robustness"]["violations"] == 0 and r["robustness"]["n"] == 6
+    pytest.importorskip("matplotlib")  # the page's plots
     falloff.write_doc({"dense_mlp": {**r, "train_seconds": 1.0}}, args)
     text = (tmp_path / "falloff.md").read_text()
     assert "| dense_mlp |" in text and "falloff/falloff.png" in text
