@@ -298,16 +298,18 @@ def int8_variant():
     return _kernels.int8_variant()
 
 
-def int8_plan(qnet):
+def int8_plan(qnet, layouts=None):
     """The quantized network's layers as one C call, weights repacked once (cached; the
-    network's layers and arrays are read-only, so the plan never goes stale)."""
-    plan = _INT8_PLANS.get(qnet)
+    network's layers and arrays are read-only, so the plan never goes stale). ``layouts``
+    forces each layer's packed layout ("wide" / "dot"; tests): a fresh plan, not cached."""
+    plan = _INT8_PLANS.get(qnet) if layouts is None else None
     if plan is None:
         plan = _kernels.Int8Plan([
             (l.qweight, l.multiplier, l.bias, l.connectivity.indptr, l.connectivity.indices,
              l.n_in, l.n_out, l.c_in, l.c_out, l.activation == "relu", l.out_inv_scale)
-            for l in qnet.layers], qnet.in_inv_scale)
-        _INT8_PLANS[qnet] = plan
+            for l in qnet.layers], qnet.in_inv_scale, layouts)
+        if layouts is None:
+            _INT8_PLANS[qnet] = plan
     return plan
 
 

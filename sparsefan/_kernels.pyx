@@ -319,6 +319,7 @@ cdef class Int8Plan:
     and int32 sums that cannot overflow, multiplier and bias float32 (n_out, c_out), indptr int64,
     indices int32, all C-contiguous (validated by the caller) -- and the input's 1 / scale. The
     weights are repacked (int8.h) into arrays the plan owns; it holds the other arrays.
+    ``layouts``: per layer "wide", "dot" or None (the smaller; tests force each).
     """
     cdef sf_i8_layer *layers
     cdef int n_layers
@@ -328,8 +329,11 @@ cdef class Int8Plan:
     cdef readonly tuple layouts
     cdef readonly int64_t packed_bytes, n_in, n_out, c_out
 
-    def __cinit__(self, specs, float in_inv_scale):
+    def __cinit__(self, specs, float in_inv_scale, layouts=None):
         specs = list(specs)
+        forced = [None] * len(specs) if layouts is None else list(layouts)
+        if len(forced) != len(specs) or any(f not in (None,) + INT8_LAYOUTS for f in forced):
+            raise ValueError(f"layouts must hold one of {INT8_LAYOUTS} or None per layer")
         self.n_layers = len(specs)
         self.in_inv_scale = in_inv_scale
         self.layers = <sf_i8_layer *>malloc(max(1, self.n_layers) * sizeof(sf_i8_layer))
@@ -352,7 +356,10 @@ cdef class Int8Plan:
             b = b_.reshape(-1)
             ptr = ptr_
             idx = idx_
-            layout = sf_i8_choose_layout(&ptr[0], n_out, c_in, c_out)
+            if forced[l] is None:
+                layout = sf_i8_choose_layout(&ptr[0], n_out, c_in, c_out)
+            else:
+                layout = INT8_LAYOUTS.index(forced[l])
             wofs_ = np.empty(n_out + 1, dtype=np.int64)
             wofs = wofs_
             n_bytes = sf_i8_pack_offsets(&ptr[0], n_out, c_in, c_out, layout, &wofs[0])

@@ -155,10 +155,14 @@ def _check_scale(value, name):
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise TypeError(f"{name} must be a float, got {type(value).__name__}")
     value = float(value)
-    if not (math.isfinite(value) and value > 0 and math.isfinite(1.0 / value)
-            and np.isfinite(np.float32(value)) and np.float32(value) > 0
-            and np.isfinite(np.float32(1.0 / value))):
-        raise ValueError(f"{name} must be a positive finite float (in float32 too), got {value}")
+    ok = math.isfinite(value) and value > 0
+    if ok:  # the kernels use float32(scale) and float32(1 / scale): both finite and positive
+        with np.errstate(over="ignore", under="ignore"):
+            f, inv = np.float32(value), np.float32(1.0 / value)
+        ok = bool(np.isfinite(f) and f > 0 and np.isfinite(inv) and inv > 0)
+    if not ok:
+        raise ValueError(f"{name} must be a positive float whose float32 value and inverse "
+                         f"are finite and nonzero, got {value}")
     return value
 
 
@@ -375,7 +379,10 @@ def quantize(network, calibration, percentile=100.0, batch_size=2048):
     if isinstance(calibration, np.ndarray) and calibration.dtype == np.uint8:
         raise TypeError("calibration holds uint8 images: scale them as for training first "
                         "(sparsefan.train.as_float_inputs)")
-    x = network.check_inputs(calibration)
+    x = calibration
+    if isinstance(x, np.ndarray) and x.ndim > 2 and x.shape[1:] == network.input_shape:
+        x = x.reshape(x.shape[0], -1)
+    x = check_array(x, "calibration", np.float32, shape=(None, network.n_in), finite=True)
     if x.shape[0] == 0:
         raise ValueError("calibration must hold at least one example")
     percentile = float(percentile)
