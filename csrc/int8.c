@@ -114,8 +114,10 @@ void sf_i8_pack(int8_t *w, const int64_t *wofs, const int8_t *qweight, const int
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* scratch: [input and odd activations][even activations][gather buffer per thread], each part */
-/* 64-byte aligned; activation buffers hold SF_I8_BLOCK examples                                */
+/* scratch: [two activation buffers][gather buffer per thread], each part 64-byte aligned. An   */
+/* activation buffer holds up to SF_I8_BLOCK examples (layer l reads buffer l % 2, the input   */
+/* being quantized into buffer 0); the gather buffers behind them keep the AVX2 gather's reads */
+/* of up to 3 bytes past an activation inside the scratch area.                                 */
 
 typedef struct {
     int64_t E;         /* examples per pass */
@@ -204,6 +206,15 @@ void sf_i8_network_forward(float *out, const float *x, const sf_i8_layer *layers
 #endif
             for (int64_t e = 0; e < E; ++e)
                 k->quantize(buf[0] + e * p.act, x + (b0 + e) * n_in, n_in, in_inv_scale);
+            /* negative inputs? (every thread looks, after the barrier: no shared flag) */
+            int negative = 0;
+            for (int64_t e = 0; e < E; ++e) {
+                const int8_t *a = buf[0] + e * p.act;
+                int8_t lowest = 0;
+                for (int64_t i = 0; i < n_in; ++i)
+                    lowest = a[i] < lowest ? a[i] : lowest;
+                negative |= lowest < 0;
+            }
             for (int l = 0; l < n_layers; ++l) {
                 const sf_i8_layer *L = &layers[l];
                 const int last = l + 1 == n_layers;
@@ -216,6 +227,7 @@ void sf_i8_network_forward(float *out, const float *x, const sf_i8_layer *layers
                 io.yf_stride = B;
                 io.E = E;
                 io.xg = xg;
+                io.signed_x = l == 0 ? negative : !layers[l - 1].relu;
                 int64_t n_chunks = nt > 1 ? (int64_t)nt * SF_I8_CHUNKS_PER_THREAD : 1;
                 if (n_chunks > L->n_out)
                     n_chunks = L->n_out > 0 ? L->n_out : 1;

@@ -8,8 +8,12 @@
  * a and |w| <= 127 a neighbour sum is at most 2 * 127 * 127 = 32258 and never saturates, so
  * both steps are exact. Signed activations (a layer after a linear one, or a negative input)
  * go through |a| and sign(w, a) (_mm256_abs_epi8, _mm256_sign_epi8): a * w = |a| * (sign(a) w),
- * exact as well since -w never overflows for |w| <= 127. Every unit checks its own gathered
- * activations and takes the unsigned path when none is negative (after ReLU: always).
+ * exact as well since -w never overflows for |w| <= 127. Layers whose inputs cannot be
+ * negative (after a ReLU, or a checked network input) take the unsigned path.
+ *
+ * The gather of single-channel inputs uses _mm256_i32gather_epi32 and keeps the low byte of
+ * each 4-byte load: it reads up to 3 bytes past an activation, which int8.c's scratch layout
+ * keeps inside the scratch area (the activation buffers are followed by the gather buffers).
  */
 #include "int8_kernels.h"
 
@@ -81,6 +85,8 @@ SF_INLINE void requant_store(const sf_i8_layer *L, const sf_i8_io *io, int64_t e
     if (io->yq != NULL) {
         const __m256i q = quantize8(_mm256_mul_ps(v, _mm256_set1_ps(L->out_inv_scale)));
         store_bytes(io->yq + e * io->yq_stride + jo, q, n);
+    } else if (io->yf_stride == 1) { /* one example: the logits are contiguous */
+        _mm256_maskstore_ps(io->yf + jo, m, v);
     } else {
         float tmp[8];
         float *dst = io->yf + e + jo * io->yf_stride;
@@ -90,17 +96,26 @@ SF_INLINE void requant_store(const sf_i8_layer *L, const sf_i8_io *io, int64_t e
     }
 }
 
-/* 1 if any of the n bytes (a multiple of 4) is negative */
-SF_INLINE int any_negative(const int8_t *x, int64_t n)
+/* sf_i8_gather, with 8 single-channel inputs per hardware gather */
+SF_INLINE int64_t gather(const sf_i8_layer *L, int64_t j, const int8_t *x, int8_t *xg,
+                         int64_t pad)
 {
-    __m256i m = _mm256_setzero_si256();
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32)
-        m = _mm256_or_si256(m, _mm256_loadu_si256((const __m256i *)(const void *)(x + i)));
-    int bits = _mm256_movemask_epi8(m);
-    for (; i < n; ++i)
-        bits |= x[i] < 0;
-    return bits != 0;
+    int64_t done = 0;
+    if (L->c_in == 1) {
+        const int64_t p0 = L->indptr[j], n = L->indptr[j + 1] - p0;
+        const int32_t *idx = L->indices + p0;
+        const __m256i low = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                             -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1,
+                                             -1, -1, -1, -1, -1, -1);
+        const __m256i pick = _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0);
+        for (; done + 8 <= n; done += 8) {
+            const __m256i iv = _mm256_loadu_si256((const __m256i *)(const void *)(idx + done));
+            __m256i g = _mm256_i32gather_epi32((const int *)(const void *)x, iv, 1);
+            g = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(g, low), pick);
+            _mm_storel_epi64((__m128i *)(void *)(xg + done), _mm256_castsi256_si128(g));
+        }
+    }
+    return sf_i8_gather_from(L, j, x, xg, pad, done);
 }
 
 /* SF_I8_WIDE, one tile of NB blocks (8 output channels each) over G groups of 4 terms */
@@ -126,11 +141,11 @@ SF_INLINE void wide_tile(const int8_t *wt, const int8_t *xg, int64_t G, const in
 
 static SF_ATTR void unit_wide(const sf_i8_layer *L, const sf_i8_io *io, int64_t e, int64_t j)
 {
-    const int64_t R4 = sf_i8_gather(L, j, io->x + e * io->x_stride, io->xg, 4);
+    const int64_t R4 = gather(L, j, io->x + e * io->x_stride, io->xg, 4);
     const int64_t G = R4 / 4, co = L->c_out, NB = (co + 7) / 8;
     const int8_t *wj = L->w + L->wofs[j];
     const int8_t *xg = io->xg;
-    const int neg = any_negative(xg, R4);
+    const int neg = io->signed_x;
     for (int64_t b0 = 0; b0 < NB; b0 += 4) {
         const int64_t nb = NB - b0 < 4 ? NB - b0 : 4;
         const int8_t *wt = wj + b0 * G * 32;
@@ -180,10 +195,10 @@ SF_INLINE __m256i dot_rows(const int8_t *w, const int8_t *xg, int64_t R32, const
 
 static SF_ATTR void unit_dot(const sf_i8_layer *L, const sf_i8_io *io, int64_t e, int64_t j)
 {
-    const int64_t R32 = sf_i8_gather(L, j, io->x + e * io->x_stride, io->xg, 32);
+    const int64_t R32 = gather(L, j, io->x + e * io->x_stride, io->xg, 32);
     const int8_t *wj = L->w + L->wofs[j];
     const int8_t *xg = io->xg;
-    const int neg = any_negative(xg, R32);
+    const int neg = io->signed_x;
     const int64_t co = L->c_out;
     for (int64_t o0 = 0; o0 < co; o0 += 8) {
         const int64_t n = co - o0 < 8 ? co - o0 : 8;

@@ -41,7 +41,8 @@ typedef struct {
     float *yf;            /* the last layer's logits */
     int64_t yf_stride;
     int64_t E;
-    int8_t *xg;           /* this thread's gather buffer: max_terms rounded up to 32, + 32 */
+    int8_t *xg;           /* this thread's gather buffer: max_terms rounded up to 32, + 64 */
+    int signed_x;         /* 0: every input activation is >= 0 (after a ReLU, or checked) */
 } sf_i8_io;
 
 typedef struct {
@@ -72,31 +73,49 @@ static inline int8_t sf_i8_quantize1(float v)
     return 0;
 }
 
-/* The unit's terms, xg[r] = x[indices[p]][c] for r = (p - indptr[j]) * c_in + c, zero-padded
- * to a multiple of pad (a power of two). Returns the padded count. */
+/* Copies of a connection's c_in activations: fixed sizes become plain moves. */
+#define SF_I8_COPY_ROWS(N)                                                                     \
+    for (int64_t p = p0; p < p1; ++p, r += (N))                                                \
+        memcpy(xg + r, x + (int64_t)idx[p] * (N), (size_t)(N))
+
+/* xg[r] = x[indices[p]][c] for the terms r = (p - indptr[j]) * c_in + c of unit j from term
+ * `done` on (the caller may have gathered the first ones: r = done at connection p0), then
+ * zeros up to a multiple of pad (4 or 32). Returns the padded count. xg has 32 bytes to spare. */
+static inline int64_t sf_i8_gather_from(const sf_i8_layer *L, int64_t j, const int8_t *x,
+                                        int8_t *xg, int64_t pad, int64_t done)
+{
+    static const int8_t zeros[32] = {0};
+    const int64_t ci = L->c_in, p1 = L->indptr[j + 1];
+    const int64_t p0 = L->indptr[j] + done / ci;
+    const int32_t *idx = L->indices;
+    int64_t r = done;
+    switch (ci) {
+    case 1: SF_I8_COPY_ROWS(1); break;
+    case 2: SF_I8_COPY_ROWS(2); break;
+    case 4: SF_I8_COPY_ROWS(4); break;
+    case 8: SF_I8_COPY_ROWS(8); break;
+    case 16: SF_I8_COPY_ROWS(16); break;
+    case 32: SF_I8_COPY_ROWS(32); break;
+    default:
+        for (int64_t p = p0; p < p1; ++p, r += ci) {
+            const int8_t *src = x + (int64_t)idx[p] * ci;
+            int64_t c = 0;
+            for (; c + 8 <= ci; c += 8)
+                memcpy(xg + r + c, src + c, 8);
+            for (; c < ci; ++c)
+                xg[r + c] = src[c];
+        }
+        break;
+    }
+    memcpy(xg + r, zeros, 32); /* the padding (< 32 bytes), and beyond it, zero */
+    return (r + pad - 1) & ~(pad - 1);
+}
+#undef SF_I8_COPY_ROWS
+
 static inline int64_t sf_i8_gather(const sf_i8_layer *L, int64_t j, const int8_t *x, int8_t *xg,
                                    int64_t pad)
 {
-    const int64_t p0 = L->indptr[j], p1 = L->indptr[j + 1], ci = L->c_in;
-    const int32_t *idx = L->indices;
-    int64_t r = 0;
-    if (ci == 1) {
-        for (int64_t p = p0; p < p1; ++p)
-            xg[r++] = x[idx[p]];
-    } else if (ci == 8) {
-        for (int64_t p = p0; p < p1; ++p, r += 8)
-            memcpy(xg + r, x + (int64_t)idx[p] * 8, 8);
-    } else if (ci == 16) {
-        for (int64_t p = p0; p < p1; ++p, r += 16)
-            memcpy(xg + r, x + (int64_t)idx[p] * 16, 16);
-    } else {
-        for (int64_t p = p0; p < p1; ++p, r += ci)
-            memcpy(xg + r, x + (int64_t)idx[p] * ci, (size_t)ci);
-    }
-    const int64_t padded = (r + pad - 1) & ~(pad - 1);
-    if (padded > r)
-        memset(xg + r, 0, (size_t)(padded - r));
-    return padded;
+    return sf_i8_gather_from(L, j, x, xg, pad, 0);
 }
 
 #endif /* SPARSEFAN_INT8_KERNELS_H */
