@@ -116,8 +116,7 @@ void sf_i8_pack(int8_t *w, const int64_t *wofs, const int8_t *qweight, const int
 /* ------------------------------------------------------------------------------------------ */
 /* scratch: [two activation buffers][gather buffer per thread], each part 64-byte aligned. An   */
 /* activation buffer holds up to SF_I8_BLOCK examples (layer l reads buffer l % 2, the input   */
-/* being quantized into buffer 0); the gather buffers behind them keep the AVX2 gather's reads */
-/* of up to 3 bytes past an activation inside the scratch area.                                 */
+/* being quantized into buffer 0).                                                              */
 
 typedef struct {
     int64_t E;         /* examples per pass */

@@ -11,9 +11,6 @@
  * exact as well since -w never overflows for |w| <= 127. Layers whose inputs cannot be
  * negative (after a ReLU, or a checked network input) take the unsigned path.
  *
- * The gather of single-channel inputs uses _mm256_i32gather_epi32 and keeps the low byte of
- * each 4-byte load: it reads up to 3 bytes past an activation, which int8.c's scratch layout
- * keeps inside the scratch area (the activation buffers are followed by the gather buffers).
  */
 #include "int8_kernels.h"
 
@@ -75,9 +72,15 @@ SF_INLINE void requant_store(const sf_i8_layer *L, const sf_i8_io *io, int64_t e
                              int64_t o0, int64_t n, __m256i acc)
 {
     const int64_t jo = j * L->c_out + o0;
-    const __m256i m = mask8(n);
-    const __m256 mult = _mm256_maskload_ps(L->multiplier + jo, m);
-    const __m256 bias = _mm256_maskload_ps(L->bias + jo, m);
+    __m256 mult, bias;
+    if (n == 8) {
+        mult = _mm256_loadu_ps(L->multiplier + jo);
+        bias = _mm256_loadu_ps(L->bias + jo);
+    } else {
+        const __m256i m = mask8(n);
+        mult = _mm256_maskload_ps(L->multiplier + jo, m);
+        bias = _mm256_maskload_ps(L->bias + jo, m);
+    }
     __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), mult);
     v = _mm256_add_ps(v, bias);
     if (L->relu) /* v < 0 -> +0; -0 and NaN stay, as `if (v < 0.0f) v = 0.0f` */
@@ -85,9 +88,9 @@ SF_INLINE void requant_store(const sf_i8_layer *L, const sf_i8_io *io, int64_t e
     if (io->yq != NULL) {
         const __m256i q = quantize8(_mm256_mul_ps(v, _mm256_set1_ps(L->out_inv_scale)));
         store_bytes(io->yq + e * io->yq_stride + jo, q, n);
-    } else if (io->yf_stride == 1) { /* one example: the logits are contiguous */
-        _mm256_maskstore_ps(io->yf + jo, m, v);
-    } else {
+    } else if (io->yf_stride == 1 && n == 8) { /* one example: the logits are contiguous */
+        _mm256_storeu_ps(io->yf + jo, v);
+    } else { /* (no masked store: slow on AMD processors) */
         float tmp[8];
         float *dst = io->yf + e + jo * io->yf_stride;
         _mm256_storeu_ps(tmp, v);
@@ -96,26 +99,71 @@ SF_INLINE void requant_store(const sf_i8_layer *L, const sf_i8_io *io, int64_t e
     }
 }
 
-/* sf_i8_gather, with 8 single-channel inputs per hardware gather */
+/* sf_i8_gather for x86 (little-endian): every 4-byte group of terms is written by one store
+ * (or is part of one wider store), so that the kernels' loads of it are forwarded from the
+ * store buffer -- a load that spans several smaller stores waits until they reach the cache. */
 SF_INLINE int64_t gather(const sf_i8_layer *L, int64_t j, const int8_t *x, int8_t *xg,
                          int64_t pad)
 {
-    int64_t done = 0;
-    if (L->c_in == 1) {
-        const int64_t p0 = L->indptr[j], n = L->indptr[j + 1] - p0;
-        const int32_t *idx = L->indices + p0;
-        const __m256i low = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1,
-                                             -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1,
-                                             -1, -1, -1, -1, -1, -1);
-        const __m256i pick = _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0);
-        for (; done + 8 <= n; done += 8) {
-            const __m256i iv = _mm256_loadu_si256((const __m256i *)(const void *)(idx + done));
-            __m256i g = _mm256_i32gather_epi32((const int *)(const void *)x, iv, 1);
-            g = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(g, low), pick);
-            _mm_storel_epi64((__m128i *)(void *)(xg + done), _mm256_castsi256_si128(g));
+    const int64_t ci = L->c_in, p0 = L->indptr[j], p1 = L->indptr[j + 1];
+    const int32_t *idx = L->indices;
+    const uint8_t *u = (const uint8_t *)x;
+    int64_t r = 0;
+    if (ci == 1) {
+        int64_t p = p0;
+        for (; p + 4 <= p1; p += 4, r += 4) {
+            const uint32_t w = (uint32_t)u[idx[p]] | (uint32_t)u[idx[p + 1]] << 8
+                               | (uint32_t)u[idx[p + 2]] << 16 | (uint32_t)u[idx[p + 3]] << 24;
+            memcpy(xg + r, &w, 4);
+        }
+        if (p < p1) {
+            uint32_t w = 0;
+            for (int s = 0; p < p1; ++p, ++r, s += 8)
+                w |= (uint32_t)u[idx[p]] << s;
+            memcpy(xg + (r & ~(int64_t)3), &w, 4);
+        }
+    } else if (ci % 4 == 0) {
+#define SF_COPY_ROWS(N)                                                                        \
+    for (int64_t p = p0; p < p1; ++p, r += (N))                                                \
+        memcpy(xg + r, x + (int64_t)idx[p] * (N), (N))
+        switch (ci) {
+        case 4: SF_COPY_ROWS(4); break;
+        case 8: SF_COPY_ROWS(8); break;
+        case 16: SF_COPY_ROWS(16); break;
+        case 32: SF_COPY_ROWS(32); break;
+#undef SF_COPY_ROWS
+        default:
+            for (int64_t p = p0; p < p1; ++p)
+                for (int64_t c = 0; c < ci; c += 4, r += 4)
+                    memcpy(xg + r, x + (int64_t)idx[p] * ci + c, 4);
+            break;
+        }
+    } else { /* channels that do not fill whole groups: assemble each group in a register */
+        uint32_t w = 0;
+        int s = 0;
+        for (int64_t p = p0; p < p1; ++p) {
+            const uint8_t *src = u + (int64_t)idx[p] * ci;
+            for (int64_t c = 0; c < ci; ++c) {
+                w |= (uint32_t)src[c] << s;
+                s += 8;
+                if (s == 32) {
+                    memcpy(xg + r, &w, 4);
+                    r += 4;
+                    w = 0;
+                    s = 0;
+                }
+            }
+        }
+        if (s) {
+            memcpy(xg + r, &w, 4);
+            r += s / 8;
         }
     }
-    return sf_i8_gather_from(L, j, x, xg, pad, done);
+    const int64_t r4 = (r + 3) & ~(int64_t)3, padded = (r + pad - 1) & ~(pad - 1);
+    const uint32_t zero = 0;
+    for (int64_t q = r4; q < padded; q += 4)
+        memcpy(xg + q, &zero, 4);
+    return padded;
 }
 
 /* SF_I8_WIDE, one tile of NB blocks (8 output channels each) over G groups of 4 terms */

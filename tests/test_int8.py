@@ -59,7 +59,7 @@ def check_all_layouts(q, x):
 
 # output channels around every block (8) and tile (4 blocks = 32) width; fan-in x channels
 # around the 4-term groups and the 32-term rows
-C_OUTS = [1, 2, 3, 7, 8, 9, 16, 17, 31, 32, 33, 40, 65]
+C_OUTS = [1, 2, 3, 4, 7, 8, 9, 12, 16, 17, 31, 32, 33, 40, 65]
 FAN_INS = [1, 2, 3, 4, 5, 9, 31, 32, 33]
 
 
