@@ -54,6 +54,8 @@ typedef struct {
     const int64_t *wofs;      /* [n_out + 1]: where unit j's packed block starts in w */
     const int64_t *indptr;    /* [n_out + 1] */
     const int32_t *indices;   /* [nnz], each in [0, n_in) */
+    const uint16_t *indices16; /* the same table as uint16 (n_in <= 65536: half the bytes to
+                                  read per example), or NULL */
     const float *multiplier;  /* [n_out][c_out] = input scale x weight scale */
     const float *bias;        /* [n_out][c_out] */
     int64_t n_in, n_out, c_in, c_out;

@@ -102,30 +102,32 @@ SF_INLINE void requant_store(const sf_i8_layer *L, const sf_i8_io *io, int64_t e
 /* sf_i8_gather for x86 (little-endian): every 4-byte group of terms is written by one store
  * (or is part of one wider store), so that the kernels' loads of it are forwarded from the
  * store buffer -- a load that spans several smaller stores waits until they reach the cache. */
-SF_INLINE int64_t gather(const sf_i8_layer *L, int64_t j, const int8_t *x, int8_t *xg,
-                         int64_t pad)
+SF_INLINE int64_t gather_t(const sf_i8_layer *L, int64_t j, const int8_t *x, int8_t *xg,
+                           int64_t pad, const int U16)
 {
     const int64_t ci = L->c_in, p0 = L->indptr[j], p1 = L->indptr[j + 1];
-    const int32_t *idx = L->indices;
+    const int32_t *idx32 = L->indices;
+    const uint16_t *idx16 = L->indices16;
     const uint8_t *u = (const uint8_t *)x;
+#define IDX(p) (U16 ? (int64_t)idx16[p] : (int64_t)idx32[p])
     int64_t r = 0;
     if (ci == 1) {
         int64_t p = p0;
         for (; p + 4 <= p1; p += 4, r += 4) {
-            const uint32_t w = (uint32_t)u[idx[p]] | (uint32_t)u[idx[p + 1]] << 8
-                               | (uint32_t)u[idx[p + 2]] << 16 | (uint32_t)u[idx[p + 3]] << 24;
+            const uint32_t w = (uint32_t)u[IDX(p)] | (uint32_t)u[IDX(p + 1)] << 8
+                               | (uint32_t)u[IDX(p + 2)] << 16 | (uint32_t)u[IDX(p + 3)] << 24;
             memcpy(xg + r, &w, 4);
         }
         if (p < p1) {
             uint32_t w = 0;
             for (int s = 0; p < p1; ++p, ++r, s += 8)
-                w |= (uint32_t)u[idx[p]] << s;
+                w |= (uint32_t)u[IDX(p)] << s;
             memcpy(xg + (r & ~(int64_t)3), &w, 4);
         }
     } else if (ci % 4 == 0) {
 #define SF_COPY_ROWS(N)                                                                        \
     for (int64_t p = p0; p < p1; ++p, r += (N))                                                \
-        memcpy(xg + r, x + (int64_t)idx[p] * (N), (N))
+        memcpy(xg + r, x + IDX(p) * (N), (N))
         switch (ci) {
         case 4: SF_COPY_ROWS(4); break;
         case 8: SF_COPY_ROWS(8); break;
@@ -135,14 +137,14 @@ SF_INLINE int64_t gather(const sf_i8_layer *L, int64_t j, const int8_t *x, int8_
         default:
             for (int64_t p = p0; p < p1; ++p)
                 for (int64_t c = 0; c < ci; c += 4, r += 4)
-                    memcpy(xg + r, x + (int64_t)idx[p] * ci + c, 4);
+                    memcpy(xg + r, x + IDX(p) * ci + c, 4);
             break;
         }
     } else { /* channels that do not fill whole groups: assemble each group in a register */
         uint32_t w = 0;
         int s = 0;
         for (int64_t p = p0; p < p1; ++p) {
-            const uint8_t *src = u + (int64_t)idx[p] * ci;
+            const uint8_t *src = u + IDX(p) * ci;
             for (int64_t c = 0; c < ci; ++c) {
                 w |= (uint32_t)src[c] << s;
                 s += 8;
@@ -164,6 +166,13 @@ SF_INLINE int64_t gather(const sf_i8_layer *L, int64_t j, const int8_t *x, int8_
     for (int64_t q = r4; q < padded; q += 4)
         memcpy(xg + q, &zero, 4);
     return padded;
+#undef IDX
+}
+
+SF_INLINE int64_t gather(const sf_i8_layer *L, int64_t j, const int8_t *x, int8_t *xg,
+                         int64_t pad)
+{
+    return L->indices16 != NULL ? gather_t(L, j, x, xg, pad, 1) : gather_t(L, j, x, xg, pad, 0);
 }
 
 /* SF_I8_WIDE, one tile of NB blocks (8 output channels each) over G groups of 4 terms */

@@ -45,7 +45,7 @@ cdef extern from "certify.h" nogil:
                                 int64_t R)
 
 
-from libc.stdint cimport int8_t
+from libc.stdint cimport int8_t, uint16_t
 
 cdef extern from "int8.h" nogil:
     enum: SF_I8_WIDE
@@ -57,6 +57,7 @@ cdef extern from "int8.h" nogil:
         const int64_t *wofs
         const int64_t *indptr
         const int32_t *indices
+        const uint16_t *indices16
         const float *multiplier
         const float *bias
         int64_t n_in, n_out, c_in, c_out

@@ -297,7 +297,7 @@ def certify_mean_logits(int64_t[::1] pred, double[::1] r2, int64_t[::1] r0,
 
 # -- int8 inference (csrc/int8.h) -----------------------------------------------------------------
 
-from libc.stdint cimport int8_t
+from libc.stdint cimport int8_t, uint16_t
 from sparsefan._fanin cimport (
     SF_I8_WIDE, sf_i8_variant, sf_i8_variant_name, sf_i8_layer, sf_i8_choose_layout,
     sf_i8_pack_offsets, sf_i8_pack, sf_i8_scratch_bytes, sf_i8_network_forward,
@@ -347,6 +347,7 @@ cdef class Int8Plan:
         cdef const int64_t[::1] ptr
         cdef int64_t[::1] wofs
         cdef const int32_t[::1] idx
+        cdef const uint16_t[::1] idx16
         cdef int64_t total = 0, n_bytes, max_terms
         cdef int layout
         for l, (qw_, m_, b_, ptr_, idx_, n_in, n_out, c_in, c_out, relu, out_inv) in \
@@ -372,6 +373,12 @@ cdef class Int8Plan:
             self.layers[l].wofs = &wofs[0]
             self.layers[l].indptr = &ptr[0]
             self.layers[l].indices = &idx[0] if idx.shape[0] > 0 else NULL
+            self.layers[l].indices16 = NULL
+            idx16_ = None
+            if n_in <= 65536 and idx.shape[0] > 0:
+                idx16_ = np.asarray(idx_).astype(np.uint16)
+                idx16 = idx16_
+                self.layers[l].indices16 = &idx16[0]
             self.layers[l].multiplier = &m[0]
             self.layers[l].bias = &b[0]
             self.layers[l].n_in = n_in
@@ -382,7 +389,7 @@ cdef class Int8Plan:
             self.layers[l].layout = layout
             self.layers[l].out_inv_scale = out_inv
             self.layers[l].max_terms = max_terms
-            keep.extend((packed_, wofs_, m_, b_, ptr_, idx_))
+            keep.extend((packed_, wofs_, m_, b_, ptr_, idx_, idx16_))
             layouts.append(INT8_LAYOUTS[layout])
             total += n_bytes
         self.arrays = tuple(keep)

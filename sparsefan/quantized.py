@@ -244,8 +244,10 @@ class QuantizedNetwork:
 
     def unit_logits(self, x, n_threads=None):
         """Per-unit logits Z, shape (M, C, batch), float32: one C call for every layer."""
-        x = self.check_inputs(x)
-        n = resolve_n_threads(n_threads)
+        return self._logits(self.check_inputs(x), resolve_n_threads(n_threads))
+
+    def _logits(self, x, n):
+        """unit_logits for a checked x and a resolved thread count."""
         return _engine.int8_forward(_engine.int8_plan(self), x, n).reshape(
             self.n_units, self.n_classes, x.shape[0])
 
@@ -257,17 +259,25 @@ class QuantizedNetwork:
 
     def _aggregate(self, x, n_threads, batch_size, what):
         x = self.check_inputs(x)
+        n = resolve_n_threads(n_threads)
         batch_size = check_int(batch_size, "batch_size", 1)
-        parts = []
-        for s in range(0, max(1, x.shape[0]), batch_size):
-            Z = self.unit_logits(x[s:s + batch_size], n_threads)
-            with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-                S = (agg.probabilities(Z, self.aggregate) if what == "proba"
-                     else agg.scores(Z, self.aggregate))
-            _refuse_overflow(self.aggregate, Z, S, what != "proba"
-                             and self.aggregate == "mean_prob")
-            parts.append(S)
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if x.shape[0] <= batch_size:
+            return self._aggregate_chunk(x, n, what)
+        return np.concatenate([self._aggregate_chunk(x[s:s + batch_size], n, what)
+                               for s in range(0, x.shape[0], batch_size)])
+
+    def _aggregate_chunk(self, x, n, what):
+        Z = self._logits(x, n)
+        if what == "scores" and self.aggregate == "mean_logits":  # the common case, lean
+            S = agg.mean_logits(Z).T
+            if not np.isfinite(S).all():
+                _refuse_overflow(self.aggregate, Z, S, False)
+            return S
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            S = (agg.probabilities(Z, self.aggregate) if what == "proba"
+                 else agg.scores(Z, self.aggregate))
+        _refuse_overflow(self.aggregate, Z, S, what != "proba" and self.aggregate == "mean_prob")
+        return S
 
     def scores(self, x, n_threads=None, batch_size=1024):
         """(batch, C) aggregate scores (as ``Network.scores``), computed ``batch_size``

@@ -86,6 +86,19 @@ def test_signed_activations(variant, c1, rng):
         check_all_layouts(q, 3 * x)
 
 
+@pytest.mark.parametrize("n_in", [65536, 65537])
+def test_index_widths(variant, n_in, rng):
+    # up to 65,536 inputs the AVX2 kernels read a uint16 copy of the index table, above it the
+    # int32 table; both reach the last input
+    net = two_layer(n_in, 7, 5, 9, 2, "relu", seed=n_in)
+    conn = net.layers[0].connectivity
+    rows = [[0, n_in - 1, n_in // 2]] + [list(conn.indices[conn.indptr[j]:conn.indptr[j + 1]])
+                                         for j in range(1, conn.n_out)]
+    net.layers[0] = FanIn(sf.Connectivity.from_rows(n_in, rows), 1, 9, "relu", seed=1)
+    q = sf.quantize(net, rng.random((3, n_in), dtype=np.float32))
+    check_all_layouts(q, rng.random((2, n_in), dtype=np.float32))
+
+
 def test_ragged_and_empty_rows(variant, rng):
     net = two_layer(25, 14, 6, 10, 2, "relu", seed=4, ragged=True)
     assert (net.layers[0].connectivity.fan_in() == 0).any()
