@@ -21,6 +21,12 @@
 SF_I8_NO_CONTRACT
 
 #define SF_ATTR __attribute__((target("avx2")))
+/* Software prefetch of the packed weights this many bytes ahead: a unit's gather and
+ * requantization leave the hardware prefetchers behind (measured: 15-30% at batch 1, with the
+ * weights in L3 or beyond). Prefetching past the end of the table is harmless. */
+#ifndef SF_I8_PREFETCH
+#define SF_I8_PREFETCH 4096
+#endif
 #define SF_INLINE static inline __attribute__((always_inline)) SF_ATTR
 
 SF_INLINE __m256i mask8(int64_t n)
@@ -186,6 +192,9 @@ SF_INLINE void wide_tile(const int8_t *wt, const int8_t *xg, int64_t G, const in
         memcpy(&x4, xg + 4 * t, 4);
         const __m256i xb = _mm256_set1_epi32(x4);
         const int8_t *w = wt + t * NB * 32;
+        _mm_prefetch((const char *)(w + SF_I8_PREFETCH), _MM_HINT_T0);
+        if (NB > 2)
+            _mm_prefetch((const char *)(w + SF_I8_PREFETCH + 64), _MM_HINT_T0);
         for (int b = 0; b < NB; ++b) {
             const __m256i wv = _mm256_loadu_si256((const __m256i *)(const void *)(w + b * 32));
             acc[b] = _mm256_add_epi32(acc[b], SIGNED ? dot4_s(xb, wv) : dot4_u(xb, wv));
@@ -239,6 +248,8 @@ SF_INLINE __m256i dot_rows(const int8_t *w, const int8_t *xg, int64_t R32, const
         acc[o] = _mm256_setzero_si256();
     for (int64_t r = 0; r < R32; r += 32) {
         const __m256i xv = _mm256_loadu_si256((const __m256i *)(const void *)(xg + r));
+        for (int o = 0; o < NO; o += R32 >= 64 ? 1 : 2)
+            _mm_prefetch((const char *)(w + o * R32 + r + SF_I8_PREFETCH), _MM_HINT_T0);
         for (int o = 0; o < NO; ++o) {
             const __m256i wv =
                 _mm256_loadu_si256((const __m256i *)(const void *)(w + o * R32 + r));
