@@ -286,3 +286,35 @@ def linear_weight_grad(conn, c_in, c_out, xt, dyt, n):
                                    xt.reshape(-1), conn.indptr, conn.indices, c_in, c_out,
                                    xt.shape[2], n)
     return gw
+
+
+# -- int8 inference ----------------------------------------------------------------------------
+
+_INT8_PLANS = weakref.WeakKeyDictionary()  # QuantizedNetwork -> Int8Plan
+
+
+def int8_variant():
+    """The int8 kernel variant in use ("generic" or "avx2"; it follows the float variant)."""
+    return _kernels.int8_variant()
+
+
+def int8_plan(qnet, layouts=None):
+    """The quantized network's layers as one C call, weights repacked once (cached; the
+    network's layers and arrays are read-only, so the plan never goes stale). ``layouts``
+    forces each layer's packed layout ("wide" / "dot"; tests): a fresh plan, not cached."""
+    plan = _INT8_PLANS.get(qnet) if layouts is None else None
+    if plan is None:
+        plan = _kernels.Int8Plan([
+            (l.qweight, l.multiplier, l.bias, l.connectivity.indptr, l.connectivity.indices,
+             l.n_in, l.n_out, l.c_in, l.c_out, l.activation == "relu", l.out_inv_scale)
+            for l in qnet.layers], qnet.in_inv_scale, layouts)
+        if layouts is None:
+            _INT8_PLANS[qnet] = plan
+    return plan
+
+
+def int8_forward(plan, x, n):
+    """The int8 plan on x (batch, n_in) float32: (n_out * c_out * batch,) float32 logits."""
+    out = np.empty(plan.n_out * plan.c_out * x.shape[0], dtype=np.float32)
+    plan.forward(x.reshape(-1), x.shape[0], n, out)
+    return out

@@ -43,3 +43,34 @@ cdef extern from "certify.h" nogil:
     void sf_certify_mean_logits(int64_t *pred, double *r2, int64_t *r0, const double *S,
                                 int64_t C, int64_t B, const double *K, const double *cum,
                                 int64_t R)
+
+
+from libc.stdint cimport int8_t, uint16_t
+
+cdef extern from "int8.h" nogil:
+    enum: SF_I8_WIDE
+    enum: SF_I8_DOT
+    int sf_i8_variant()
+    const char *sf_i8_variant_name(int variant)
+    ctypedef struct sf_i8_layer:
+        const int8_t *w
+        const int64_t *wofs
+        const int64_t *indptr
+        const int32_t *indices
+        const uint16_t *indices16
+        const float *multiplier
+        const float *bias
+        int64_t n_in, n_out, c_in, c_out
+        int relu
+        int layout
+        float out_inv_scale
+        int64_t max_terms
+    int sf_i8_choose_layout(const int64_t *indptr, int64_t n_out, int64_t c_in, int64_t c_out)
+    int64_t sf_i8_pack_offsets(const int64_t *indptr, int64_t n_out, int64_t c_in, int64_t c_out,
+                               int layout, int64_t *wofs)
+    void sf_i8_pack(int8_t *w, const int64_t *wofs, const int8_t *qweight,
+                    const int64_t *indptr, int64_t n_out, int64_t c_in, int64_t c_out, int layout)
+    int64_t sf_i8_scratch_bytes(const sf_i8_layer *layers, int n_layers, int64_t B, int n_threads)
+    void sf_i8_network_forward(float *out, const float *x, const sf_i8_layer *layers,
+                               int n_layers, float in_inv_scale, int64_t B, void *scratch,
+                               int n_threads)

@@ -293,3 +293,135 @@ def certify_mean_logits(int64_t[::1] pred, double[::1] r2, int64_t[::1] r0,
     with nogil:
         sf_certify_mean_logits(&pred[0], &r2[0], &r0[0], &S[0, 0], C, B, &K[0, 0],
                                &cum[0, 0, 0], R)
+
+
+# -- int8 inference (csrc/int8.h) -----------------------------------------------------------------
+
+from libc.stdint cimport int8_t, uint16_t
+from sparsefan._fanin cimport (
+    SF_I8_WIDE, sf_i8_variant, sf_i8_variant_name, sf_i8_layer, sf_i8_choose_layout,
+    sf_i8_pack_offsets, sf_i8_pack, sf_i8_scratch_bytes, sf_i8_network_forward,
+)
+
+INT8_LAYOUTS = ("wide", "dot")
+
+
+def int8_variant():
+    """The int8 kernel variant in use: "generic" or "avx2" (it follows cpu_variant())."""
+    return sf_i8_variant_name(sf_i8_variant()).decode()
+
+
+cdef class Int8Plan:
+    """The int8 layers of a quantized network as one C call (sf_i8_network_forward).
+
+    Built from a list of ``(qweight, multiplier, bias, indptr, indices, n_in, n_out, c_in,
+    c_out, relu, out_inv_scale)`` -- qweight int8 (nnz, c_in, c_out) with values in [-127, 127]
+    and int32 sums that cannot overflow, multiplier and bias float32 (n_out, c_out), indptr int64,
+    indices int32, all C-contiguous (validated by the caller) -- and the input's 1 / scale. The
+    weights are repacked (int8.h) into arrays the plan owns; it holds the other arrays.
+    ``layouts``: per layer "wide", "dot" or None (the smaller; tests force each).
+    """
+    cdef sf_i8_layer *layers
+    cdef int n_layers
+    cdef float in_inv_scale
+    cdef object spare
+    cdef readonly tuple arrays
+    cdef readonly tuple layouts
+    cdef readonly int64_t packed_bytes, n_in, n_out, c_out
+
+    def __cinit__(self, specs, float in_inv_scale, layouts=None):
+        specs = list(specs)
+        forced = [None] * len(specs) if layouts is None else list(layouts)
+        if len(forced) != len(specs) or any(f not in (None,) + INT8_LAYOUTS for f in forced):
+            raise ValueError(f"layouts must hold one of {INT8_LAYOUTS} or None per layer")
+        self.n_layers = len(specs)
+        self.in_inv_scale = in_inv_scale
+        self.layers = <sf_i8_layer *>malloc(max(1, self.n_layers) * sizeof(sf_i8_layer))
+        if self.layers == NULL:
+            raise MemoryError()
+        keep, layouts = [], []
+        cdef const int8_t[::1] qw
+        cdef int8_t[::1] packed
+        cdef const float[::1] m
+        cdef const float[::1] b
+        cdef const int64_t[::1] ptr
+        cdef int64_t[::1] wofs
+        cdef const int32_t[::1] idx
+        cdef const uint16_t[::1] idx16
+        cdef int64_t total = 0, n_bytes, max_terms
+        cdef int layout
+        for l, (qw_, m_, b_, ptr_, idx_, n_in, n_out, c_in, c_out, relu, out_inv) in \
+                enumerate(specs):
+            qw = qw_.reshape(-1)
+            m = m_.reshape(-1)
+            b = b_.reshape(-1)
+            ptr = ptr_
+            idx = idx_
+            if forced[l] is None:
+                layout = sf_i8_choose_layout(&ptr[0], n_out, c_in, c_out)
+            else:
+                layout = INT8_LAYOUTS.index(forced[l])
+            wofs_ = np.empty(n_out + 1, dtype=np.int64)
+            wofs = wofs_
+            n_bytes = sf_i8_pack_offsets(&ptr[0], n_out, c_in, c_out, layout, &wofs[0])
+            packed_ = np.zeros(n_bytes + 64, dtype=np.int8)
+            packed = packed_
+            if n_bytes > 0:
+                sf_i8_pack(&packed[0], &wofs[0], &qw[0], &ptr[0], n_out, c_in, c_out, layout)
+            max_terms = int(np.diff(ptr_).max(initial=0)) * c_in
+            self.layers[l].w = &packed[0]
+            self.layers[l].wofs = &wofs[0]
+            self.layers[l].indptr = &ptr[0]
+            self.layers[l].indices = &idx[0] if idx.shape[0] > 0 else NULL
+            self.layers[l].indices16 = NULL
+            idx16_ = None
+            if n_in <= 65536 and idx.shape[0] > 0:
+                idx16_ = np.asarray(idx_).astype(np.uint16)
+                idx16 = idx16_
+                self.layers[l].indices16 = &idx16[0]
+            self.layers[l].multiplier = &m[0]
+            self.layers[l].bias = &b[0]
+            self.layers[l].n_in = n_in
+            self.layers[l].n_out = n_out
+            self.layers[l].c_in = c_in
+            self.layers[l].c_out = c_out
+            self.layers[l].relu = 1 if relu else 0
+            self.layers[l].layout = layout
+            self.layers[l].out_inv_scale = out_inv
+            self.layers[l].max_terms = max_terms
+            keep.extend((packed_, wofs_, m_, b_, ptr_, idx_, idx16_))
+            layouts.append(INT8_LAYOUTS[layout])
+            total += n_bytes
+        self.arrays = tuple(keep)
+        self.layouts = tuple(layouts)
+        self.packed_bytes = total
+        self.n_in = specs[0][5]
+        self.n_out = specs[len(specs) - 1][6]
+        self.c_out = specs[len(specs) - 1][8]
+
+    def __dealloc__(self):
+        free(self.layers)
+
+    def forward(self, const float[::1] x, int64_t batch, int n_threads, float[::1] out):
+        """The layers on x (batch * n_in,), a row-major float32 batch: the last layer's
+        float outputs written into out (n_out * c_out * batch,), [unit][channel][example]."""
+        cdef unsigned char[::1] buf
+        if x.shape[0] != self.n_in * batch:
+            raise ValueError(f"x must hold {self.n_in * batch} floats, got {x.shape[0]}")
+        if out.shape[0] != self.n_out * self.c_out * batch:
+            raise ValueError(f"out must hold {self.n_out * self.c_out * batch} floats, got "
+                             f"{out.shape[0]}")
+        if batch == 0:
+            return out
+        need = sf_i8_scratch_bytes(self.layers, self.n_layers, batch, n_threads)
+        # take the kept buffer (under the GIL, so a concurrent call cannot share it)
+        kept, self.spare = self.spare, None
+        if kept is None or kept.shape[0] < need:
+            kept = np.empty(need, dtype=np.uint8)
+        buf = kept
+        with nogil:
+            sf_i8_network_forward(&out[0], &x[0], self.layers, self.n_layers,
+                                  self.in_inv_scale, batch, &buf[0], n_threads)
+        if need <= SPARE_SCRATCH_BYTES:
+            self.spare = kept
+        return out

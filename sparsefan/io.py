@@ -18,6 +18,23 @@ against meta.json (read from the ``.npy`` header before any data is allocated), 
 repeats (via Connectivity), finite weights, and that consecutive layers fit together.
 A checkpoint is the same container with ``"format": "sparsefan-checkpoint"`` and extra members
 for the optimizer state and the best weights so far.
+
+An int8 model (:func:`sparsefan.quantize`) is the same container with
+``"format": "sparsefan-int8-model", "version": 1``; meta.json adds ``"calibration_size"``,
+``"percentile"`` and, per layer, ``"in_scale"`` and ``"out_scale"`` (JSON numbers, exact for
+float64; ``out_scale`` null for the last layer), and each layer holds
+
+    layers/<i>/indptr        int64 (n_out + 1,)
+    layers/<i>/indices       int32 (nnz,)
+    layers/<i>/qweight       int8 (nnz, c_in, c_out)     values in [-127, 127]
+    layers/<i>/weight_scale  float32 (n_out, c_out)      positive
+    layers/<i>/bias          float32 (n_out, c_out)
+
+The multipliers the kernels apply are recomputed from the scales on loading, as
+:func:`sparsefan.quantize` computes them, so a round trip is exact. Loading also checks the
+scales (positive, finite, each layer's out_scale the next layer's in_scale), the int8 range and
+that no int32 accumulator can overflow -- what the kernels rely on. :func:`save_model` writes
+either kind; :func:`load_model` reads float models, :func:`load_quantized` int8 models.
 """
 from __future__ import annotations
 
@@ -37,16 +54,19 @@ from sparsefan._files import atomic_write, check_output_path  # noqa: F401 (publ
 from sparsefan.connectivity import Connectivity
 from sparsefan.layers import ACTIVATIONS, FanIn
 from sparsefan.network import Network
+from sparsefan.quantized import QuantizedLayer, QuantizedNetwork
 
 if TYPE_CHECKING:
     from sparsefan.train import Optimizer, TrainConfig
 
 MODEL_FORMAT = "sparsefan-model"
+INT8_FORMAT = "sparsefan-int8-model"
+INT8_VERSION = 1
 CHECKPOINT_FORMAT = "sparsefan-checkpoint"
 VERSION = 1
 _MAX_META_BYTES = 16 << 20
 _DTYPES = {"int32": np.dtype("<i4"), "int64": np.dtype("<i8"), "float32": np.dtype("<f4"),
-           "uint8": np.dtype("u1")}
+           "uint8": np.dtype("u1"), "int8": np.dtype("i1")}
 
 
 class ModelFileError(ValueError):
@@ -108,12 +128,42 @@ def _network_members(network):
     return members
 
 
-def save_model(network: Network, path: str | os.PathLike[str],
+def _quantized_meta(q, metadata):
+    return {
+        "format": INT8_FORMAT, "version": INT8_VERSION, "name": q.name,
+        "n_classes": q.n_classes, "aggregate": q.aggregate, "input_shape": list(q.input_shape),
+        "calibration_size": q.calibration_size, "percentile": q.percentile,
+        "layers": [{"n_in": l.n_in, "n_out": l.n_out, "nnz": l.connectivity.nnz,
+                    "c_in": l.c_in, "c_out": l.c_out, "activation": l.activation,
+                    "in_scale": l.in_scale, "out_scale": l.out_scale}
+                   for l in q.layers],
+        "metadata": metadata or {},
+    }
+
+
+def _save_quantized(q, path, metadata):
+    members = {"meta.json": _json_member(_quantized_meta(q, metadata))}
+    for i, l in enumerate(q.layers):
+        members[f"layers/{i}/indptr"] = l.connectivity.indptr
+        members[f"layers/{i}/indices"] = l.connectivity.indices
+        members[f"layers/{i}/qweight"] = l.qweight
+        members[f"layers/{i}/weight_scale"] = l.weight_scale
+        members[f"layers/{i}/bias"] = l.bias
+    _atomic_zip(path, members)
+
+
+def save_model(network: Network | QuantizedNetwork, path: str | os.PathLike[str],
                metadata: dict[str, Any] | None = None) -> None:
-    """Write ``network`` to ``path`` (atomically). ``metadata``: a JSON-serializable dict kept
-    in the file (for example training settings and test accuracy)."""
+    """Write ``network`` -- a Network, or an int8 QuantizedNetwork (:func:`sparsefan.quantize`)
+    -- to ``path`` (atomically). ``metadata``: a JSON-serializable dict kept in the file (for
+    example training settings and test accuracy)."""
+    if isinstance(network, QuantizedNetwork):
+        _check_metadata(metadata)
+        _save_quantized(network, path, metadata)
+        return
     if not isinstance(network, Network):
-        raise TypeError(f"network must be a sparsefan Network, got {type(network).__name__}")
+        raise TypeError(f"network must be a sparsefan Network or QuantizedNetwork, got "
+                        f"{type(network).__name__}")
     _check_metadata(metadata)
     members = {"meta.json": _json_member(_network_meta(network, MODEL_FORMAT, metadata))}
     members.update(_network_members(network))
@@ -131,7 +181,7 @@ _MAX_META_DEPTH = 64  # nesting of meta.json (the writer refuses deeper metadata
 _NPY_HEADER = re.compile(
     r"\{'descr': '(?P<descr>[<>|=][a-zA-Z]\d{0,2})', 'fortran_order': (?P<fortran>True|False), "
     r"'shape': \((?P<shape>(?:\d{1,19}, )*\d{0,19},?)\), \} *\n")
-_DESCRS = {"<i4": "int32", "<i8": "int64", "<f4": "float32", "|u1": "uint8"}
+_DESCRS = {"<i4": "int32", "<i8": "int64", "<f4": "float32", "|u1": "uint8", "|i1": "int8"}
 
 
 def _parse_npy_header(data, where):
@@ -299,8 +349,7 @@ def _field(meta, key, kind, path, where="meta.json"):
 def _read_network(reader, fmt):
     path = reader.path
     meta = reader.json("meta.json")
-    if meta.get("format") != fmt:
-        raise ModelFileError(f"{path}: format is {meta.get('format')!r}, expected {fmt!r}")
+    _check_format(meta, fmt, path)
     version = meta.get("version")
     if type(version) is not int or version != VERSION:
         raise ModelFileError(f"{path}: format version {version!r} is not supported "
@@ -348,6 +397,16 @@ def _read_network(reader, fmt):
     return network, meta
 
 
+def _check_format(meta, fmt, path):
+    if meta.get("format") == fmt:
+        return
+    hint = {(MODEL_FORMAT, INT8_FORMAT): " (an int8 model: read it with "
+                                         "sparsefan.io.load_quantized)",
+            (INT8_FORMAT, MODEL_FORMAT): " (a float32 model: read it with "
+                                         "sparsefan.io.load_model)"}.get((fmt, meta.get("format")), "")
+    raise ModelFileError(f"{path}: format is {meta.get('format')!r}, expected {fmt!r}{hint}")
+
+
 def _expected_members(n_layers):
     return {"meta.json"} | {f"layers/{i}/{a}" for i in range(n_layers)
                             for a in ("indptr", "indices", "weight", "bias")}
@@ -367,6 +426,103 @@ def load_model(path: str | os.PathLike[str]) -> Network:
         reader.close()
     network.metadata = meta.get("metadata", {})
     return network
+
+
+# -- int8 models --------------------------------------------------------------------------------
+
+def _scale_field(spec, key, path, where, allow_none=False):
+    if key not in spec:
+        raise ModelFileError(f"{path}: {where} lacks {key!r}")
+    value = spec[key]
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ModelFileError(f"{path}: {where} {key!r} has the wrong type")
+    return float(value)
+
+
+def _read_quantized(reader):
+    path = reader.path
+    meta = reader.json("meta.json")
+    _check_format(meta, INT8_FORMAT, path)
+    version = meta.get("version")
+    if type(version) is not int or version != INT8_VERSION:
+        raise ModelFileError(f"{path}: int8 format version {version!r} is not supported "
+                             f"(this sparsefan reads version {INT8_VERSION})")
+    specs = _field(meta, "layers", list, path)
+    if not specs:
+        raise ModelFileError(f"{path}: no layers")
+    layers = []
+    try:
+        for i, spec in enumerate(specs):
+            where = f"meta.json layers[{i}]"
+            if not isinstance(spec, dict):
+                raise ModelFileError(f"{path}: {where} must be an object")
+            n_in, n_out, nnz, c_in, c_out = (
+                _field(spec, k, int, path, where) for k in ("n_in", "n_out", "nnz", "c_in",
+                                                            "c_out"))
+            if min(n_in, n_out, c_in, c_out) < 1 or nnz < 0 or max(n_in, n_out) >= 2**31:
+                raise ModelFileError(f"{path}: {where} has invalid sizes")
+            act = spec.get("activation")
+            if act not in (None, "relu"):
+                raise ModelFileError(f"{path}: {where} activation {act!r} is not an int8 "
+                                     f"activation (None or 'relu')")
+            in_scale = _scale_field(spec, "in_scale", path, where)
+            out_scale = _scale_field(spec, "out_scale", path, where, allow_none=True)
+            indptr = reader.array(f"layers/{i}/indptr", "int64", (n_out + 1,))
+            indices = reader.array(f"layers/{i}/indices", "int32", (nnz,))
+            qweight = reader.array(f"layers/{i}/qweight", "int8", (nnz, c_in, c_out))
+            w_scale = reader.array(f"layers/{i}/weight_scale", "float32", (n_out, c_out))
+            bias = reader.array(f"layers/{i}/bias", "float32", (n_out, c_out))
+            conn = Connectivity(n_in, indptr, indices)
+            try:
+                layers.append(QuantizedLayer(conn, c_in, c_out, act, qweight, w_scale, bias,
+                                             in_scale, out_scale))
+            except (ValueError, TypeError) as e:
+                raise ModelFileError(f"{path}: layers[{i}]: {e}") from None
+        input_shape = _field(meta, "input_shape", list, path)
+        if not all(type(s) is int and s > 0 for s in input_shape):
+            raise ModelFileError(f"{path}: input_shape must list positive ints")
+        if math.prod(input_shape) != layers[0].n_in:
+            raise ModelFileError(f"{path}: input_shape {input_shape} does not hold the first "
+                                 f"layer's {layers[0].n_in} inputs")
+        name = meta.get("name", "network")
+        if not isinstance(name, str) or len(name) > 1000:
+            raise ModelFileError(f"{path}: meta.json 'name' must be a string")
+        if not isinstance(meta.get("metadata", {}), dict):
+            raise ModelFileError(f"{path}: meta.json 'metadata' must be an object")
+        calibration_size = _field(meta, "calibration_size", int, path)
+        percentile = meta.get("percentile")
+        if isinstance(percentile, bool) or not isinstance(percentile, (int, float)):
+            raise ModelFileError(f"{path}: meta.json 'percentile' has the wrong type")
+        q = QuantizedNetwork(layers, _field(meta, "n_classes", int, path),
+                             _field(meta, "aggregate", str, path), input_shape, name=name,
+                             calibration_size=calibration_size, percentile=percentile)
+    except ModelFileError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ModelFileError(f"{path}: {e}") from None
+    return q, meta
+
+
+def load_quantized(path: str | os.PathLike[str]) -> QuantizedNetwork:
+    """Read an int8 model file written by :func:`save_model` (of a :class:`QuantizedNetwork`);
+    returns the QuantizedNetwork, exactly as saved.
+
+    Raises :class:`ModelFileError` (a ValueError) for anything malformed."""
+    reader = _Reader(path)
+    try:
+        q, meta = _read_quantized(reader)
+        expected = {"meta.json"} | {f"layers/{i}/{a}" for i in range(len(q.layers))
+                                    for a in ("indptr", "indices", "qweight", "weight_scale",
+                                              "bias")}
+        extra = reader.names() - expected
+        if extra:
+            raise ModelFileError(f"{reader.path}: unexpected members {sorted(extra)}")
+    finally:
+        reader.close()
+    q.metadata = meta.get("metadata", {})
+    return q
 
 
 # -- checkpoints --------------------------------------------------------------------------------

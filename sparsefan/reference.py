@@ -106,3 +106,64 @@ def network_loss(x, y, layers, aggregate, aggregate_weight=1.0, unit_weight=0.0)
             ce += cross_entropy(s - s.max(0) - np.log(np.exp(s - s.max(0)).sum(0)))
         total += unit_weight * ce / M
     return total
+
+
+# -- int8 inference ------------------------------------------------------------------------------
+# The readable twin of csrc/int8.c and of the exported C runtime's int8 path
+# (csrc/runtime/sf_runtime.c): the same integer sums (exact, in int64), then the same float32
+# operations one at a time (no fused multiply-add), so its results are the kernels' bit for bit.
+
+QMAX = 127
+
+
+def round_half_away(v):
+    """float32 values -> int8 as the runtime's ``quantize``: clamp to [-127, 127], round half
+    away from zero with float32 arithmetic (trunc(v + 0.5f), or -trunc(0.5f - v) below zero),
+    NaN -> 0."""
+    v = np.asarray(v, dtype=np.float32)
+    half = np.float32(0.5)
+    with np.errstate(invalid="ignore"):
+        pos = np.trunc(v + half)
+        neg = -np.trunc(half - v)
+        out = np.where(v >= 0, pos, np.where(v < 0, neg, np.float32(0)))
+        out = np.where(v >= QMAX, QMAX, np.where(v <= -QMAX, -QMAX, out))
+    return out.astype(np.int8)
+
+
+def int8_fanin_forward(qx, connectivity, qweight, multiplier, bias, relu, out_inv_scale=None):
+    """One int8 layer: acc[b, j, o] = sum over connections p = (j, t) and channels c of
+    qweight[p, c, o] * qx[b, idx[p], c] (exact), then v = float32(acc) * multiplier, v = v +
+    bias, ReLU, and the next layer's int8 input round_half_away(v * out_inv_scale) -- or, with
+    ``out_inv_scale`` None (the last layer), v itself.
+
+    qx (batch, n_in, c_in) int8, qweight (nnz, c_in, c_out) int8, multiplier and bias
+    (n_out, c_out) float32 -> int8 or float32 (batch, n_out, c_out).
+    """
+    qx = np.asarray(qx).astype(np.int64)
+    qweight = np.asarray(qweight).astype(np.int64)
+    batch = qx.shape[0]
+    n_out, c_out = bias.shape
+    acc = np.zeros((batch, n_out, c_out), dtype=np.int64)
+    for j in range(n_out):
+        p0, p1 = connectivity.indptr[j], connectivity.indptr[j + 1]
+        gathered = qx[:, connectivity.indices[p0:p1], :].reshape(batch, -1)  # (batch, k*c_in)
+        acc[:, j, :] = gathered @ qweight[p0:p1].reshape(-1, c_out)
+    v = acc.astype(np.float32) * np.asarray(multiplier, dtype=np.float32)
+    v = v + np.asarray(bias, dtype=np.float32)
+    if relu:
+        v = np.where(v < 0, np.float32(0), v)
+    if out_inv_scale is None:
+        return v
+    return round_half_away(v * np.float32(out_inv_scale))
+
+
+def int8_network_unit_logits(x, qnet):
+    """Per-unit logits Z (M, C, batch), float32, of a QuantizedNetwork on x (batch, n_in):
+    the input quantized with the network's input scale, then ``int8_fanin_forward`` per layer."""
+    x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+    h = round_half_away(x * np.float32(qnet.in_inv_scale))[:, :, None]
+    for layer in qnet.layers:
+        out_inv = None if layer.out_scale is None else layer.out_inv_scale
+        h = int8_fanin_forward(h, layer.connectivity, layer.qweight, layer.multiplier,
+                               layer.bias, layer.activation == "relu", out_inv)
+    return np.ascontiguousarray(np.transpose(h, (1, 2, 0)))

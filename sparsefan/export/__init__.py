@@ -2,8 +2,9 @@
 
 - :func:`export_c` writes ``NAME.h`` / ``NAME.c`` (const tables + descriptors) and copies the
   runtime ``sf_runtime.h`` / ``sf_runtime.c`` (no malloc, no stdio, no OpenMP) beside them.
-- :func:`quantize_int8` makes a :class:`QuantizedNetwork` (int8 weights with per-(unit,
-  channel) scales, int8 activations with calibrated scales); pass it to :func:`export_c`.
+- :func:`quantize_int8` (= :func:`sparsefan.quantize`) makes a :class:`QuantizedNetwork`
+  (int8 weights with per-(unit, channel) scales, int8 activations with calibrated scales),
+  which the engine runs with its int8 kernels; pass it to :func:`export_c`.
 - :func:`footprint` gives the flash (const tables) and RAM (scratch) bytes of either;
   :func:`measure_cortex_m4` compiles an export for a Cortex-M4 when arm-none-eabi-gcc exists.
 - :func:`export_onnx` writes a standard-opset ONNX graph (needs ``pip install

@@ -121,10 +121,8 @@ def scratch_bytes(network: Network, quantized: bool) -> int:
 
 def _tables(model):
     """Per layer, the arrays that go into the C file: [(c type, suffix, array, per_line)]."""
-    if isinstance(model, QuantizedNetwork):
-        network, qlayers = model.network, model.layers
-    else:
-        network, qlayers = model, None
+    network = model  # a QuantizedNetwork has the Network's structure (layers, sizes, name)
+    qlayers = model.layers if isinstance(model, QuantizedNetwork) else None
     out = []
     for i, layer in enumerate(network.layers):
         conn = layer.connectivity
@@ -161,9 +159,7 @@ def footprint(model: Network | QuantizedNetwork, certificates: bool = False) -> 
 
 
 def _check_model(model):
-    if isinstance(model, QuantizedNetwork):
-        network = model.network
-    elif isinstance(model, Network):
+    if isinstance(model, (QuantizedNetwork, Network)):
         network = model
     else:
         raise TypeError(f"model must be a sparsefan Network or QuantizedNetwork, got "
@@ -373,7 +369,7 @@ def export_c(model: Network | QuantizedNetwork, out_dir: str | os.PathLike[str],
     Parameters
     ----------
     model : Network (float32 export) or QuantizedNetwork (int8 export, see
-        :func:`sparsefan.export.quantize_int8`)
+        :func:`sparsefan.quantize`; also one read by :func:`sparsefan.io.load_quantized`)
     out_dir : path of a directory
     name : str
         A C identifier: the file names and the prefix of every symbol (``NAME_predict``...).
@@ -388,7 +384,7 @@ def export_c(model: Network | QuantizedNetwork, out_dir: str | os.PathLike[str],
     """
     from sparsefan.export import check_exportable
 
-    check_exportable(getattr(model, "network", model))
+    check_exportable(model)
     from sparsefan.export import runtime_dir
 
     name = check_name(name)
