@@ -185,6 +185,54 @@ def maxmin_backward(zt, dyt):
     return out
 
 
+# -- one layer in NumPy's layout ---------------------------------------------------------------
+
+_LAYER_PLANS = weakref.WeakKeyDictionary()  # layer -> (arrays, form, plan)
+
+
+def layer_plan(layer):
+    """The layer as one C call that reads and writes NumPy's ``(batch, ...)`` layout (the
+    layout changes run inside the call, on its threads), or None for a GEMM or MaxMin layer.
+    Cached per layer and rebuilt when its arrays are replaced (as ``fused_plan``)."""
+    if uses_blas(layer) or layer.activation == "maxmin":
+        return None
+    conn = layer.connectivity
+    arrays = (layer.weight, layer.bias, conn.indptr, conn.indices)
+    form = (layer.activation, layer.c_in, layer.c_out)
+    hit = _LAYER_PLANS.get(layer)
+    if hit is not None and hit[1] == form and all(a is b for a, b in zip(hit[0], arrays)):
+        return hit[2]
+    plan = _kernels.NetworkPlan([(layer.weight, layer.bias, conn.indptr, conn.indices,
+                                  layer.n_in, layer.n_out, layer.c_in, layer.c_out,
+                                  layer.activation == "relu")])
+    _LAYER_PLANS[layer] = (arrays, form, plan)
+    return plan
+
+
+def forward_public(layer, x, n):
+    """The layer's output for x (batch, n_in[, c_in]): a new (batch, n_out * c_out) array."""
+    plan = layer_plan(layer)
+    if plan is None:
+        return from_feature_major(forward(layer, to_feature_major(x, n), n), n)
+    return plan.forward(x.reshape(-1), x.shape[0], n, batch_major=True)
+
+
+def backward_public(layer, x, dy, y, n, need_input_grad):
+    """``backward`` for arrays in NumPy's layout: x (batch, n_in[, c_in]), dy and y (batch,
+    n_out[, c_out]; y is read for ReLU only). Returns (input gradient shaped like x or None,
+    weight gradient, bias gradient), new arrays."""
+    batch = x.shape[0]
+    shape = (batch, layer.n_out, layer.c_out)
+    xt = to_feature_major(x, n)
+    dyt = to_feature_major(dy.reshape(shape), n)  # ours: masked in place
+    yt = to_feature_major(y.reshape(shape), n) if layer.activation == "relu" else None
+    gi, gw, gb = backward(layer, xt, dyt, yt, n, need_input_grad=need_input_grad,
+                          overwrite_dyt=True)
+    if gi is not None:
+        gi = from_feature_major(gi, n).reshape(x.shape)
+    return gi, gw, gb
+
+
 # -- a chain of layers -------------------------------------------------------------------------
 
 def forward_chain(layers, xt, n, keep=False):

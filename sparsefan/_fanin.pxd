@@ -36,10 +36,16 @@ cdef extern from "fanin.h" nogil:
     void sf_network_buffer_sizes(const sf_chain_layer *layers, int n_layers, int64_t B,
                                  int last_in_buffer, int64_t *even, int64_t *odd)
     void sf_network_forward(float *out, const float *x, const sf_chain_layer *layers, int n_layers,
-                            int64_t B, float *even, float *odd, int n_threads)
+                            int64_t B, float *even, float *odd, int batch_major_out,
+                            int n_threads)
 
 
 cdef extern from "certify.h" nogil:
     void sf_certify_mean_logits(int64_t *pred, double *r2, int64_t *r0, const double *S,
                                 int64_t C, int64_t B, const double *K, const double *cum,
                                 int64_t R)
+
+
+cdef extern from "pool.h" nogil:
+    int sf_pool_spin_us(int us)
+    const char *sf_pool_backend()
