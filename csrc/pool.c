@@ -128,6 +128,7 @@ static struct {
     struct sf_team team;
     _Atomic int busy; /* a call owns the pool */
     _Atomic int spin_us;
+    _Atomic int64_t idle_spin_ns; /* how long workers spin for the next job (the last job's) */
     int n_workers;
     int n_cpus;
     worker_slot slots[MAX_WORKERS];
@@ -169,6 +170,24 @@ int sf_pool_spin_us(int us)
 
 const char *sf_pool_backend(void) { return "pthreads"; }
 
+#ifdef SF_DEBUG
+/* Debug builds (-DSF_DEBUG, the sanitizer stage of .ci/run) pause for a pseudo-random 0-20 us
+ * before each item run by a team: the threads then interleave differently from run to run, so a
+ * missing dependency between items shows up as a wrong result in the tests. */
+static void jitter(uint32_t gen, int64_t item)
+{
+    static _Atomic uint32_t calls;
+    const uint32_t h = (gen * 2654435761u) ^ ((uint32_t)item * 40503u) ^
+                       (atomic_fetch_add(&calls, 1) * 2246822519u);
+    const int64_t end = now_ns() + (int64_t)((h >> 8) % 20000);
+    while (now_ns() < end)
+        cpu_relax();
+}
+#define SF_JITTER(gen, item) jitter(gen, item)
+#else
+#define SF_JITTER(gen, item) ((void)0)
+#endif
+
 /* Claim and run items of job gen until none is left. */
 static void work(struct sf_team *t, uint32_t gen)
 {
@@ -181,6 +200,7 @@ static void work(struct sf_team *t, uint32_t gen)
                                                         memory_order_acquire,
                                                         memory_order_acquire));
         const int64_t item = t->n_items - (int64_t)(uint32_t)c;
+        SF_JITTER(gen, item);
         t->fn(t->ctx, item, t);
         atomic_store_explicit(&t->stamp[item], gen, memory_order_release);
         atomic_fetch_add(&t->done, 1);
@@ -196,8 +216,7 @@ static void *worker_main(void *arg)
     for (;;) {
         uint32_t g = atomic_load(&s->wake);
         if (g == seen) {
-            const int64_t spin = (int64_t)atomic_load_explicit(&pool.spin_us,
-                                                               memory_order_relaxed) * 1000;
+            const int64_t spin = atomic_load_explicit(&pool.idle_spin_ns, memory_order_relaxed);
             if (spin > 0) {
                 const int64_t end = now_ns() + spin;
                 for (int i = 1; (g = atomic_load(&s->wake)) == seen; ++i) {
@@ -319,6 +338,7 @@ void sf_run(int n_threads, int64_t n_items, sf_item_fn fn, void *ctx)
                 t->spin_ns = n_threads > pool.n_cpus
                                  ? 0
                                  : (int64_t)atomic_load(&pool.spin_us) * 1000;
+                atomic_store_explicit(&pool.idle_spin_ns, t->spin_ns, memory_order_relaxed);
                 atomic_store(&t->done, 0);
                 atomic_store_explicit(&t->claim, (uint64_t)gen << 32 | (uint64_t)n_items,
                                       memory_order_release);
