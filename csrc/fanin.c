@@ -46,6 +46,11 @@
 #ifndef PREFETCH_BYTES
 #define PREFETCH_BYTES (1024 * 1024)
 #endif
+/* Rows of a last layer that writes NumPy's layout are transposed in blocks of this size, each
+ * by the thread that computed it, right after. */
+#ifndef EXIT_BLOCK_BYTES
+#define EXIT_BLOCK_BYTES (128 * 1024)
+#endif
 #ifndef SLAB_MAX_COLUMNS
 #define SLAB_MAX_COLUMNS 1024
 #endif
@@ -136,11 +141,17 @@ static int use_threads(int64_t work, int n_threads)
     return n_threads > 1 && work >= PARALLEL_MIN_WORK;
 }
 
-/* bounds[0..n_chunks]: row ranges of about equal cost (connections + ROW_COST per row), found by
- * binary search in the row pointers (cost up to row r is ptr[r] + ROW_COST * r). */
-static int split_rows(const int64_t *ptr, int64_t n_rows, int n_threads, int64_t *bounds)
+/* Row ranges for n_threads (1: one range). */
+static int64_t chunks_for(int n_threads)
 {
-    int64_t n_chunks = n_threads > 1 ? (int64_t)n_threads * CHUNKS_PER_THREAD : 1;
+    return n_threads > 1 ? (int64_t)n_threads * CHUNKS_PER_THREAD : 1;
+}
+
+/* bounds[0..n_chunks]: n_chunks row ranges (fewer for fewer rows) of about equal cost
+ * (connections + ROW_COST per row), found by binary search in the row pointers (cost up to row r
+ * is ptr[r] + ROW_COST * r). */
+static int split_rows(const int64_t *ptr, int64_t n_rows, int64_t n_chunks, int64_t *bounds)
+{
     if (n_chunks > MAX_CHUNKS)
         n_chunks = MAX_CHUNKS;
     if (n_chunks > n_rows)
@@ -222,7 +233,7 @@ static void run_gather(const sf_gather_args *args, int64_t n_units, int64_t n_ro
     set_prefetch(&p.a, n_units, n_rows_in);
     const int par = use_threads(gather_work(&p.a, n_units), n_threads);
     int64_t bounds[MAX_CHUNKS + 1];
-    p.n_chunks = split_rows(p.a.ptr, n_units, par ? n_threads : 1, bounds);
+    p.n_chunks = split_rows(p.a.ptr, n_units, chunks_for(par ? n_threads : 1), bounds);
     p.bounds = bounds;
     sf_run(par ? n_threads : 1, n_slabs(p.a.B) * p.n_chunks, gather_item, &p);
 }
@@ -236,13 +247,16 @@ typedef struct {
     int64_t rows, cols;
 } transpose_pass;
 
-static int64_t transpose_items(int64_t rows) { return (rows + TRANSPOSE_ROWS - 1) / TRANSPOSE_ROWS; }
+static int64_t transpose_items(int64_t rows)
+{
+    return (rows + TRANSPOSE_ROWS - 1) / TRANSPOSE_ROWS;
+}
 
 static void transpose_pass_run(const transpose_pass *p, int64_t item)
 {
     const int64_t r0 = item * TRANSPOSE_ROWS;
     const int64_t r1 = r0 + TRANSPOSE_ROWS < p->rows ? r0 + TRANSPOSE_ROWS : p->rows;
-    p->k->transpose(p->out, p->in, p->rows, p->cols, r0, r1);
+    p->k->transpose(p->out, p->rows, p->in, p->cols, r0, r1, 0, p->cols);
 }
 
 static void transpose_item(void *ctx, int64_t item, sf_team *team)
@@ -330,7 +344,7 @@ void sf_fanin_backward_params(float *dW, float *db, const float *dy, const float
     const int64_t work = indptr[n_out] * c_in * c_out * B;
     const int par = use_threads(work, n_threads);
     int64_t bounds[MAX_CHUNKS + 1];
-    const int n_chunks = split_rows(indptr, n_out, par ? n_threads : 1, bounds);
+    const int n_chunks = split_rows(indptr, n_out, chunks_for(par ? n_threads : 1), bounds);
     const params_pass p = {.k = kernels(), .dW = dW, .db = db, .dy = dy, .x = x,
                            .indptr = indptr, .indices = indices, .c_in = c_in, .c_out = c_out,
                            .B = B, .prefetch = n_in * c_in * B * (int64_t)sizeof(float) >
@@ -428,16 +442,22 @@ typedef struct {
     gather_pass pass;
     int64_t first;            /* its first item */
     int64_t in_rows;          /* rows of B floats it reads from its input buffer */
+    int64_t n_out;
     int in_buf, out_buf;      /* 0 even, 1 odd, 2 x, 3 out */
     int identity;
 } chain_stage;
 
 typedef struct {
-    transpose_pass entry, exit;
+    transpose_pass entry;
     int64_t n_entry; /* items of the entry (0 at B == 1: layer 0 reads x itself) */
-    int64_t n_exit;  /* items of the exit's layout change (batch-major out, B > 1), the last ones */
     const chain_stage *st;
     int n_layers;
+    /* A batch-major out (B > 1): each item of the last layer computes its block of rows into
+     * a scratch block of its thread's (stage_floats each), then transposes it into exit, so that
+     * the last layer's output never leaves the cache. */
+    float *exit;
+    float *stage;
+    int64_t stage_floats, n_z;
 } chain_job;
 
 /* The chunk of a pass holding unit u: the last c with bounds[c] <= u. */
@@ -499,32 +519,11 @@ static void chain_wait(const chain_job *j, int l, int64_t s, int64_t u0, int64_t
     }
 }
 
-/* The last layer's row ranges (every slab) holding units u0 .. u1 - 1, as items. */
-static void wait_units(sf_team *team, const chain_stage *S, int64_t u0, int64_t u1)
-{
-    if (team == NULL || u1 <= u0)
-        return;
-    const int n = S->pass.n_chunks;
-    const int c0 = chunk_of(&S->pass, u0), c1 = chunk_of(&S->pass, u1 - 1);
-    for (int64_t s = 0; s < n_slabs(S->pass.a.B); ++s)
-        sf_team_wait(team, S->first + s * n + c0, S->first + s * n + c1);
-}
-
 static void chain_item(void *ctx, int64_t item, sf_team *team)
 {
     const chain_job *j = ctx;
     if (item < j->n_entry) {
         transpose_pass_run(&j->entry, item);
-        return;
-    }
-    const chain_stage *last = &j->st[j->n_layers - 1];
-    const int64_t exit0 = last->first + n_slabs(last->pass.a.B) * last->pass.n_chunks;
-    if (item >= exit0) { /* rows r0 .. r1 of the last layer's output, into the batch-major out */
-        const int64_t r0 = (item - exit0) * TRANSPOSE_ROWS;
-        const int64_t r1 = r0 + TRANSPOSE_ROWS < j->exit.rows ? r0 + TRANSPOSE_ROWS : j->exit.rows;
-        const int64_t H = last->pass.a.H;
-        wait_units(team, last, r0 / H, (r1 + H - 1) / H);
-        transpose_pass_run(&j->exit, item - exit0);
         return;
     }
     int l = 0;
@@ -535,7 +534,19 @@ static void chain_item(void *ctx, int64_t item, sf_team *team)
     const int64_t s = k / p->n_chunks;
     const int c = (int)(k % p->n_chunks);
     chain_wait(j, l, s, p->bounds[c], p->bounds[c + 1], team);
-    gather_pass_run(p, k);
+    if (j->exit == NULL || l + 1 < j->n_layers) {
+        gather_pass_run(p, k);
+        return;
+    }
+    /* units u0 .. u1 of the last layer, the slab's columns, through the thread's scratch */
+    const int64_t u0 = p->bounds[c], u1 = p->bounds[c + 1];
+    const int64_t B = p->a.B, H = p->a.H, slab = slab_width(B);
+    const int64_t b0 = s * slab, b1 = b0 + slab < B ? b0 + slab : B;
+    sf_gather_args a = p->a;
+    a.out = j->stage + sf_team_thread() * j->stage_floats;
+    a.out_unit0 = u0;
+    p->k->gather(&a, u0, u1, b0, b1);
+    p->k->transpose(j->exit + u0 * H, j->n_z, a.out, B, 0, (u1 - u0) * H, b0, b1);
 }
 
 void sf_network_forward(float *out, const float *x, const sf_chain_layer *layers, int n_layers,
@@ -556,11 +567,19 @@ void sf_network_forward(float *out, const float *x, const sf_chain_layer *layers
         const sf_gather_args a = layer_args(&layers[l], NULL, NULL, B);
         par |= use_threads(gather_work(&a, layers[l].n_out), n_threads);
     }
-    /* the stages and their row ranges, in one allocation */
-    const int max_chunks = par ? (n_threads * CHUNKS_PER_THREAD < MAX_CHUNKS
-                                      ? n_threads * CHUNKS_PER_THREAD : MAX_CHUNKS) : 1;
-    chain_stage *st = malloc((size_t)n_layers * (sizeof(chain_stage) +
-                                                 (size_t)(max_chunks + 1) * sizeof(int64_t)));
+    /* the stages and their row ranges, in one allocation; a last layer that transposes its
+     * output gets row ranges of at most EXIT_BLOCK_BYTES, which stay in cache until then */
+    int64_t n_bounds = 0, exit_chunks = 1;
+    if (exit_t) {
+        const int64_t bytes = n_z * B * (int64_t)sizeof(float);
+        exit_chunks = (bytes + EXIT_BLOCK_BYTES - 1) / EXIT_BLOCK_BYTES;
+        exit_chunks = exit_chunks < MAX_CHUNKS ? exit_chunks : MAX_CHUNKS;
+    }
+    for (int l = 0; l < n_layers; ++l)
+        n_bounds += (l + 1 == n_layers && exit_chunks > chunks_for(n_threads)
+                         ? exit_chunks : chunks_for(n_threads)) + 1;
+    chain_stage *st = malloc((size_t)n_layers * sizeof(chain_stage) +
+                             (size_t)n_bounds * sizeof(int64_t));
     float *buf[4] = {even, odd, NULL, out};
     int last_buf = 3;
     if (out == NULL || exit_t)
@@ -584,29 +603,54 @@ void sf_network_forward(float *out, const float *x, const sf_chain_layer *layers
     }
     int64_t *bounds = (int64_t *)(st + n_layers);
     chain_job job = {.entry = {.k = k, .out = odd, .in = x, .rows = B, .cols = n_in},
-                     .exit = {.k = k, .out = out, .in = buf[last_buf], .rows = n_z, .cols = B},
-                     .n_entry = B > 1 ? transpose_items(B) : 0,
-                     .n_exit = exit_t ? transpose_items(n_z) : 0, .st = st,
-                     .n_layers = n_layers};
+                     .n_entry = B > 1 ? transpose_items(B) : 0, .st = st,
+                     .n_layers = n_layers, .exit = exit_t ? out : NULL};
     int64_t next = job.n_entry;
     for (int l = 0; l < n_layers; ++l) {
         const sf_chain_layer *L = &layers[l];
         chain_stage *S = &st[l];
         const int in_buf = l == 0 ? (B > 1 ? 1 : 2) : (l - 1) % 2; /* 2: x itself */
-        const int out_buf = l + 1 == n_layers ? last_buf : l % 2;
+        /* a last layer that transposes its output writes scratch blocks and out only */
+        const int out_buf = l + 1 < n_layers ? l % 2 : (exit_t ? 3 : last_buf);
         S->pass.k = k;
-        S->pass.a = layer_args(L, buf[out_buf], in_buf == 2 ? x : buf[in_buf], B);
+        S->pass.a = layer_args(L, out_buf == 3 && exit_t ? NULL : buf[out_buf],
+                               in_buf == 2 ? x : buf[in_buf], B);
         const int lp = use_threads(gather_work(&S->pass.a, L->n_out), n_threads);
+        int64_t want = chunks_for(lp ? n_threads : 1);
+        if (l + 1 == n_layers && exit_chunks > want)
+            want = exit_chunks;
         S->pass.bounds = bounds;
-        S->pass.n_chunks = split_rows(L->indptr, L->n_out, lp ? n_threads : 1, bounds);
+        S->pass.n_chunks = split_rows(L->indptr, L->n_out, want, bounds);
         bounds += S->pass.n_chunks + 1;
         S->first = next;
         next += n_slabs(B) * S->pass.n_chunks;
         S->in_rows = L->n_in * L->c_in;
+        S->n_out = L->n_out;
         S->in_buf = in_buf;
         S->out_buf = out_buf;
         S->identity = l > 0 && is_identity(L);
     }
-    sf_run(par ? n_threads : 1, next + job.n_exit, chain_item, &job);
+    float *stage = NULL;
+    if (exit_t) { /* a scratch block per thread, as large as the last layer's largest */
+        chain_stage *S = &st[n_layers - 1];
+        int64_t rows = 0;
+        for (int c = 0; c < S->pass.n_chunks; ++c)
+            rows = S->pass.bounds[c + 1] - S->pass.bounds[c] > rows
+                       ? S->pass.bounds[c + 1] - S->pass.bounds[c] : rows;
+        job.stage_floats = (rows * S->pass.a.H * B + 15) / 16 * 16; /* 64-byte blocks */
+        job.n_z = n_z;
+        stage = malloc((size_t)(job.stage_floats * (par ? n_threads : 1) + 16) * sizeof(float));
+        if (stage == NULL) { /* the last layer into its buffer, then one transpose */
+            S->pass.a.out = buf[last_buf];
+            S->out_buf = last_buf;
+            job.exit = NULL;
+        } else {
+            job.stage = (float *)(((uintptr_t)stage + 63) / 64 * 64);
+        }
+    }
+    sf_run(par ? n_threads : 1, next, chain_item, &job);
+    if (exit_t && job.exit == NULL)
+        sf_transpose(out, buf[last_buf], n_z, B, n_threads);
+    free(stage);
     free(st);
 }

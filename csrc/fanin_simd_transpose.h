@@ -34,30 +34,31 @@ SF_INLINE void SF_FN(transpose8)(float *out, int64_t ld_out, const float *in, in
 #define SF_TRANSPOSE8 SF_FN(transpose8)
 #endif
 
-/* out[c][r] = in[r][c] for r in [r0, r1): blocks of SF_TRANSPOSE_BLOCK^2, each through the
- * variant's small in-register transpose when it has one (SF_TRANSPOSE8). */
-SF_STATIC void SF_FN(transpose)(float *out, const float *in, int64_t rows, int64_t cols,
-                                int64_t r0, int64_t r1)
+/* out[c * ld_out + r] = in[r * ld_in + c] for r in [r0, r1), c in [c0, c1): blocks of
+ * SF_TRANSPOSE_BLOCK^2, each through the variant's small in-register transpose when it has one
+ * (SF_TRANSPOSE8). */
+SF_STATIC void SF_FN(transpose)(float *out, int64_t ld_out, const float *in, int64_t ld_in,
+                                int64_t r0, int64_t r1, int64_t c0, int64_t c1)
 {
     const int64_t TB = SF_TRANSPOSE_BLOCK;
     for (int64_t rb = r0; rb < r1; rb += TB) {
         const int64_t re = rb + TB < r1 ? rb + TB : r1;
-        for (int64_t cb = 0; cb < cols; cb += TB) {
-            const int64_t ce = cb + TB < cols ? cb + TB : cols;
+        for (int64_t cb = c0; cb < c1; cb += TB) {
+            const int64_t ce = cb + TB < c1 ? cb + TB : c1;
             int64_t r = rb;
 #ifdef SF_TRANSPOSE8
             for (; r + 8 <= re; r += 8) {
                 int64_t c = cb;
                 for (; c + 8 <= ce; c += 8)
-                    SF_TRANSPOSE8(out + c * rows + r, rows, in + r * cols + c, cols);
+                    SF_TRANSPOSE8(out + c * ld_out + r, ld_out, in + r * ld_in + c, ld_in);
                 for (; c < ce; ++c)
                     for (int64_t i = r; i < r + 8; ++i)
-                        out[c * rows + i] = in[i * cols + c];
+                        out[c * ld_out + i] = in[i * ld_in + c];
             }
 #endif
             for (int64_t c = cb; c < ce; ++c)
                 for (int64_t i = r; i < re; ++i)
-                    out[c * rows + i] = in[i * cols + c];
+                    out[c * ld_out + i] = in[i * ld_in + c];
         }
     }
 }

@@ -135,6 +135,9 @@ static struct {
 } pool;
 
 static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+static _Thread_local int thread_index; /* 0 on every thread but the pool's workers */
+
+int sf_team_thread(void) { return thread_index; }
 
 /* In a child process the workers do not exist: start again with none. */
 static void pool_after_fork(void)
@@ -213,6 +216,7 @@ static void *worker_main(void *arg)
 {
     worker_slot *s = arg;
     uint32_t seen = 0;
+    thread_index = (int)(s - pool.slots) + 1;
     for (;;) {
         uint32_t g = atomic_load(&s->wake);
         if (g == seen) {
@@ -382,6 +386,8 @@ int sf_pool_spin_us(int us)
 
 const char *sf_pool_backend(void) { return "openmp"; }
 
+int sf_team_thread(void) { return omp_get_thread_num(); }
+
 void sf_team_wait(sf_team *t, int64_t first, int64_t last)
 {
     if (t == NULL)
@@ -429,6 +435,8 @@ int sf_pool_spin_us(int us)
 }
 
 const char *sf_pool_backend(void) { return "none"; }
+
+int sf_team_thread(void) { return 0; }
 
 void sf_team_wait(sf_team *t, int64_t first, int64_t last)
 {

@@ -36,6 +36,9 @@ void sf_run(int n_threads, int64_t n_items, sf_item_fn fn, void *ctx);
  * finished. A no-op on one thread, where items run in order. */
 void sf_team_wait(sf_team *team, int64_t first, int64_t last);
 
+/* Inside an item: the index of the thread running it, 0 .. n_threads - 1 (0: the caller). */
+int sf_team_thread(void);
+
 /* How long (microseconds) a thread spins before it sleeps, waiting for work or for an item:
  * sets it when us >= 0 and returns the previous value. Default SF_SPIN_US (or the environment
  * variable SPARSEFAN_SPIN_US read at the first call). No spinning when a call asks for more
