@@ -244,6 +244,7 @@ typedef struct {
     const sf_kernel_table *k;
     float *out;
     const float *in;
+    const float *relu_y; /* not NULL: out = the ReLU backward of in given this output */
     int64_t rows, cols;
 } transpose_pass;
 
@@ -256,7 +257,10 @@ static void transpose_pass_run(const transpose_pass *p, int64_t item)
 {
     const int64_t r0 = item * TRANSPOSE_ROWS;
     const int64_t r1 = r0 + TRANSPOSE_ROWS < p->rows ? r0 + TRANSPOSE_ROWS : p->rows;
-    p->k->transpose(p->out, p->rows, p->in, p->cols, r0, r1, 0, p->cols);
+    if (p->relu_y != NULL)
+        p->k->transpose_relu(p->out, p->rows, p->in, p->relu_y, p->cols, r0, r1, 0, p->cols);
+    else
+        p->k->transpose(p->out, p->rows, p->in, p->cols, r0, r1, 0, p->cols);
 }
 
 static void transpose_item(void *ctx, int64_t item, sf_team *team)
@@ -390,6 +394,15 @@ static int transpose_par(int64_t rows, int64_t cols, int n_threads)
 void sf_transpose(float *out, const float *in, int64_t rows, int64_t cols, int n_threads)
 {
     const transpose_pass p = {.k = kernels(), .out = out, .in = in, .rows = rows, .cols = cols};
+    sf_run(transpose_par(rows, cols, n_threads) ? n_threads : 1, transpose_items(rows),
+           transpose_item, (void *)&p);
+}
+
+void sf_relu_backward_transpose(float *dzt, const float *dy, const float *y, int64_t rows,
+                                int64_t cols, int n_threads)
+{
+    const transpose_pass p = {.k = kernels(), .out = dzt, .in = dy, .relu_y = y, .rows = rows,
+                              .cols = cols};
     sf_run(transpose_par(rows, cols, n_threads) ? n_threads : 1, transpose_items(rows),
            transpose_item, (void *)&p);
 }

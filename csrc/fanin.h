@@ -87,6 +87,12 @@ void sf_relu_backward(float *dz, const float *dy, const float *y, int64_t n, int
  * entry and exit, (batch, features) <-> (features, batch). */
 void sf_transpose(float *out, const float *in, int64_t rows, int64_t cols, int n_threads);
 
+/* dzt[c][r] = y[r][c] > 0 ? dy[r][c] : 0 for (rows x cols) dy and y: the backward of a fused
+ * ReLU and the layout change of its gradient, (batch, features) -> (features, batch), in one
+ * pass. */
+void sf_relu_backward_transpose(float *dzt, const float *dy, const float *y, int64_t rows,
+                                int64_t cols, int n_threads);
+
 /* One layer of a network: the arguments of sf_fanin_forward without the activations. */
 typedef struct {
     const float *W, *b;

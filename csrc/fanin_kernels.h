@@ -54,6 +54,9 @@ typedef struct {
      * in (ld_in = its number of columns for a whole matrix, ld_out its number of rows) */
     void (*transpose)(float *out, int64_t ld_out, const float *in, int64_t ld_in,
                       int64_t r0, int64_t r1, int64_t c0, int64_t c1);
+    /* the same for y > 0 ? dy : 0 (the backward of a ReLU with output y; y laid out as dy) */
+    void (*transpose_relu)(float *out, int64_t ld_out, const float *dy, const float *y,
+                           int64_t ld_in, int64_t r0, int64_t r1, int64_t c0, int64_t c1);
 } sf_kernel_table;
 
 extern const sf_kernel_table sf_kernels_generic;

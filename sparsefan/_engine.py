@@ -112,17 +112,19 @@ def forward(layer, xt, n, out=None):
 
 
 def backward(layer, xt, dyt, yt, n, grad_input=None, grad_weight=None, grad_bias=None,
-             need_input_grad=True, need_param_grad=True, overwrite_dyt=False):
+             need_input_grad=True, need_param_grad=True, overwrite_dyt=False, dz=False):
     """(input gradient or None, weight gradient or None, bias gradient or None). Gradients
     accumulate into the buffers given (zeros are allocated for those not given); a buffer of
-    ours is written, not accumulated into. ``overwrite_dyt``: a ReLU layer masks dyt in place."""
+    ours is written, not accumulated into. ``overwrite_dyt``: a ReLU layer masks dyt in place.
+    ``dz``: dyt is already the gradient before the activation (yt is not read)."""
     conn = layer.connectivity
     batch = xt.shape[2]
-    if layer.activation == "relu":
+    activation = None if dz else layer.activation
+    if activation == "relu":
         dzt = dyt if overwrite_dyt else empty_aligned(dyt.shape)
         _kernels.relu_backward(dzt.reshape(-1), dyt.reshape(-1), yt.reshape(-1), n)
         dyt = dzt
-    elif layer.activation == "maxmin":  # recompute the pre-activation: one more forward pass
+    elif activation == "maxmin":  # recompute the pre-activation: one more forward pass
         zt = empty_aligned(dyt.shape)
         linear(layer, zt, xt, n, relu=False)
         dyt = maxmin_backward(zt, dyt)
@@ -222,12 +224,16 @@ def backward_public(layer, x, dy, y, n, need_input_grad):
     n_out[, c_out]; y is read for ReLU only). Returns (input gradient shaped like x or None,
     weight gradient, bias gradient), new arrays."""
     batch = x.shape[0]
-    shape = (batch, layer.n_out, layer.c_out)
     xt = to_feature_major(x, n)
-    dyt = to_feature_major(dy.reshape(shape), n)  # ours: masked in place
-    yt = to_feature_major(y.reshape(shape), n) if layer.activation == "relu" else None
-    gi, gw, gb = backward(layer, xt, dyt, yt, n, need_input_grad=need_input_grad,
-                          overwrite_dyt=True)
+    if layer.activation == "relu":  # the ReLU's backward and the layout change in one pass
+        dzt = empty_aligned((layer.n_out, layer.c_out, batch))
+        _kernels.relu_backward_transpose(dzt.reshape(-1), dy.reshape(-1), y.reshape(-1), batch,
+                                         layer.n_out * layer.c_out, n)
+        gi, gw, gb = backward(layer, xt, dzt, None, n, need_input_grad=need_input_grad, dz=True)
+    else:
+        dyt = to_feature_major(dy.reshape(batch, layer.n_out, layer.c_out), n)
+        gi, gw, gb = backward(layer, xt, dyt, None, n, need_input_grad=need_input_grad,
+                              overwrite_dyt=True)
     if gi is not None:
         gi = from_feature_major(gi, n).reshape(x.shape)
     return gi, gw, gb

@@ -25,6 +25,8 @@ cdef extern from "fanin.h" nogil:
                                   int64_t B, int n_threads)
     void sf_relu_backward(float *dz, const float *dy, const float *y, int64_t n, int n_threads)
     void sf_transpose(float *out, const float *inp, int64_t rows, int64_t cols, int n_threads)
+    void sf_relu_backward_transpose(float *dzt, const float *dy, const float *y, int64_t rows,
+                                    int64_t cols, int n_threads)
 
     ctypedef struct sf_chain_layer:
         const float *W

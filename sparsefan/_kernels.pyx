@@ -11,7 +11,8 @@ import numpy as np
 from sparsefan._fanin cimport (
     sf_openmp_enabled, sf_openmp_max_threads, SF_PARALLEL_MIN_WORK, SF_CPU_N_VARIANTS, sf_cpu_variant, sf_cpu_variant_name,
     sf_cpu_variant_supported, sf_set_cpu_variant, sf_fanin_forward, sf_fanin_backward_input,
-    sf_fanin_backward_params, sf_relu_backward, sf_transpose, sf_chain_layer, sf_network_buffer_sizes,
+    sf_fanin_backward_params, sf_relu_backward, sf_transpose, sf_relu_backward_transpose,
+    sf_chain_layer, sf_network_buffer_sizes,
     sf_network_forward, sf_certify_mean_logits, sf_pool_spin_us, sf_pool_backend,
 )
 from libc.stdlib cimport malloc, free
@@ -159,6 +160,15 @@ def transpose(float[::1] out, const float[::1] inp, int64_t rows, int64_t cols, 
         return
     with nogil:
         sf_transpose(&out[0], &inp[0], rows, cols, n_threads)
+
+
+def relu_backward_transpose(float[::1] dzt, const float[::1] dy, const float[::1] y,
+                            int64_t rows, int64_t cols, int n_threads):
+    """dzt (cols, rows) = where(y > 0, dy, 0).T for (rows, cols) dy and y."""
+    if dzt.shape[0] == 0:
+        return
+    with nogil:
+        sf_relu_backward_transpose(&dzt[0], &dy[0], &y[0], rows, cols, n_threads)
 
 
 # Scratch buffers up to this size are kept by a NetworkPlan for its next call.
