@@ -562,14 +562,14 @@ static void chain_item(void *ctx, int64_t item, sf_team *team)
     p->k->transpose(j->exit + u0 * H, j->n_z, a.out, B, 0, (u1 - u0) * H, b0, b1);
 }
 
-void sf_network_forward(float *out, const float *x, const sf_chain_layer *layers, int n_layers,
-                        int64_t B, float *even, float *odd, int batch_major_out, int n_threads)
+int sf_network_forward(float *out, const float *x, const sf_chain_layer *layers, int n_layers,
+                       int64_t B, float *even, float *odd, int batch_major_out, int n_threads)
 {
     SF_REQUIRE(x && layers && B >= 0 && n_threads >= 1);  /* out NULL: the last buffer */
     for (int l = 1; l < n_layers; ++l)  /* the chain fits together */
         SF_REQUIRE(layers[l].n_in == layers[l - 1].n_out && layers[l].c_in == layers[l - 1].c_out);
     if (n_layers <= 0 || B <= 0)
-        return;
+        return 0;
     const sf_kernel_table *k = kernels();
     const int64_t n_in = layers[0].n_in * layers[0].c_in; /* rows of the entry's transpose */
     const int64_t n_z = layers[n_layers - 1].n_out * layers[n_layers - 1].c_out;
@@ -595,8 +595,10 @@ void sf_network_forward(float *out, const float *x, const sf_chain_layer *layers
                              (size_t)n_bounds * sizeof(int64_t));
     float *buf[4] = {even, odd, NULL, out};
     int last_buf = 3;
-    if (out == NULL || exit_t)
+    if (out == NULL)
         last_buf = (n_layers - 1) % 2;
+    if (st == NULL && exit_t)
+        return -1;
     if (st == NULL) { /* layer by layer, through the single-layer entry points */
         const float *in = x;
         if (B > 1) {
@@ -610,9 +612,7 @@ void sf_network_forward(float *out, const float *x, const sf_chain_layer *layers
                              L->c_in, L->c_out, B, L->relu, n_threads);
             in = y;
         }
-        if (exit_t)
-            sf_transpose(out, in, n_z, B, n_threads);
-        return;
+        return 0;
     }
     int64_t *bounds = (int64_t *)(st + n_layers);
     chain_job job = {.entry = {.k = k, .out = odd, .in = x, .rows = B, .cols = n_in},
@@ -624,9 +624,9 @@ void sf_network_forward(float *out, const float *x, const sf_chain_layer *layers
         chain_stage *S = &st[l];
         const int in_buf = l == 0 ? (B > 1 ? 1 : 2) : (l - 1) % 2; /* 2: x itself */
         /* a last layer that transposes its output writes scratch blocks and out only */
-        const int out_buf = l + 1 < n_layers ? l % 2 : (exit_t ? 3 : last_buf);
+        const int out_buf = l + 1 < n_layers ? l % 2 : last_buf;
         S->pass.k = k;
-        S->pass.a = layer_args(L, out_buf == 3 && exit_t ? NULL : buf[out_buf],
+        S->pass.a = layer_args(L, exit_t && l + 1 == n_layers ? NULL : buf[out_buf],
                                in_buf == 2 ? x : buf[in_buf], B);
         const int lp = use_threads(gather_work(&S->pass.a, L->n_out), n_threads);
         int64_t want = chunks_for(lp ? n_threads : 1);
@@ -653,17 +653,14 @@ void sf_network_forward(float *out, const float *x, const sf_chain_layer *layers
         job.stage_floats = (rows * S->pass.a.H * B + 15) / 16 * 16; /* 64-byte blocks */
         job.n_z = n_z;
         stage = malloc((size_t)(job.stage_floats * (par ? n_threads : 1) + 16) * sizeof(float));
-        if (stage == NULL) { /* the last layer into its buffer, then one transpose */
-            S->pass.a.out = buf[last_buf];
-            S->out_buf = last_buf;
-            job.exit = NULL;
-        } else {
-            job.stage = (float *)(((uintptr_t)stage + 63) / 64 * 64);
+        if (stage == NULL) {
+            free(st);
+            return -1;
         }
+        job.stage = (float *)(((uintptr_t)stage + 63) / 64 * 64);
     }
     sf_run(par ? n_threads : 1, next, chain_item, &job);
-    if (exit_t && job.exit == NULL)
-        sf_transpose(out, buf[last_buf], n_z, B, n_threads);
     free(stage);
     free(st);
+    return 0;
 }

@@ -104,23 +104,24 @@ typedef struct {
 
 /* Floats sf_network_forward needs in its two activation buffers for this batch size (*even for
  * the outputs of layers 0, 2, ..., *odd for the input's layout change and layers 1, 3, ...);
- * last_in_buffer: the last layer writes to its buffer too (out == NULL, or a batch-major out),
- * not to out. */
+ * last_in_buffer: the last layer writes to its buffer too (out == NULL), not to out. */
 void sf_network_buffer_sizes(const sf_chain_layer *layers, int n_layers, int64_t B, int last_in_buffer,
                              int64_t *even, int64_t *odd);
 
 /* The layers in order, in one call: x is (B, n_in, c_in) row-major -- the NumPy layout of a
  * batch --, out is the last layer's [n_out][c_out][B], or NULL to write it at the start of its
  * own buffer (even if the number of layers is odd, else odd), so that no third activation buffer
- * is needed; with batch_major_out, out is (B, n_out, c_out) row-major (the NumPy layout again:
- * the last layer writes to its buffer, which is then transposed into out). Consecutive layers
- * must agree (n_out, c_out of one = n_in, c_in of the next). One call to the thread pool covers
- * the layout changes and all the layers: each work item waits only for the earlier items whose
- * results it reads or whose inputs it overwrites (no barrier between layers). The same per-layer
- * kernels as sf_fanin_forward, so the result is bit-identical to calling it layer by layer, for
- * any n_threads. */
-void sf_network_forward(float *out, const float *x, const sf_chain_layer *layers, int n_layers,
-                        int64_t B, float *even, float *odd, int batch_major_out, int n_threads);
+ * is needed. With batch_major_out, out is (B, n_out, c_out) row-major, the NumPy layout again:
+ * the last layer's rows go through small per-thread scratch blocks (malloc'ed here) and are
+ * transposed into out while in cache, so its parity buffer is not used (size the buffers with
+ * last_in_buffer = 0). Consecutive layers must agree (n_out, c_out of one = n_in, c_in of the
+ * next). One call to the thread pool covers the layout changes and all the layers: each work
+ * item waits only for the earlier items whose results it reads or whose inputs it overwrites (no
+ * barrier between layers). The same per-layer kernels as sf_fanin_forward, so the result is
+ * bit-identical to calling it layer by layer, for any n_threads. Returns 0, or -1 (nothing
+ * written) when the scratch of a batch-major out cannot be allocated. */
+int sf_network_forward(float *out, const float *x, const sf_chain_layer *layers, int n_layers,
+                       int64_t B, float *even, float *odd, int batch_major_out, int n_threads);
 
 #ifdef __cplusplus
 }

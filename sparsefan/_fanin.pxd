@@ -37,9 +37,9 @@ cdef extern from "fanin.h" nogil:
         int relu
     void sf_network_buffer_sizes(const sf_chain_layer *layers, int n_layers, int64_t B,
                                  int last_in_buffer, int64_t *even, int64_t *odd)
-    void sf_network_forward(float *out, const float *x, const sf_chain_layer *layers, int n_layers,
-                            int64_t B, float *even, float *odd, int batch_major_out,
-                            int n_threads)
+    int sf_network_forward(float *out, const float *x, const sf_chain_layer *layers, int n_layers,
+                           int64_t B, float *even, float *odd, int batch_major_out,
+                           int n_threads)
 
 
 cdef extern from "certify.h" nogil:

@@ -235,7 +235,8 @@ cdef class NetworkPlan:
         into the buffer its input no longer needs, so that a forward pass holds two activation
         buffers, not three; the result is then a view of that buffer, or a copy of it when the
         buffer is much larger than the result. A batch-major result is always a new array (or
-        ``out``), and the last layer's output is one of the two buffers.
+        ``out``); the last layer then needs no buffer of its own (it goes through small
+        scratch blocks in C).
         """
         cdef int64_t n_even = 0, n_odd = 0
         cdef int64_t n_z = self.n_out * self.c_out * batch
@@ -248,10 +249,11 @@ cdef class NetworkPlan:
         cdef float *po = NULL
         cdef int64_t n_even16
         cdef int major = 1 if batch_major else 0
+        cdef int rc = 0
         if x.shape[0] != self.n_in * self.c_in * batch:
             raise ValueError(f"x must hold {self.n_in * self.c_in * batch} floats, got "
                              f"{x.shape[0]}")
-        sf_network_buffer_sizes(self.layers, self.n_layers, batch, major, &n_even, &n_odd)
+        sf_network_buffer_sizes(self.layers, self.n_layers, batch, 0, &n_even, &n_odd)
         small = (n_even + n_odd + 32) * 4 <= SPARE_SCRATCH_BYTES
         if out is None and (small or batch_major):
             out = np.empty(n_z, dtype=np.float32)
@@ -267,7 +269,7 @@ cdef class NetworkPlan:
             pe = &kept[0]
             po = pe + n_even16
         else:
-            if out is None:
+            if out is None:  # (never with batch_major: out was allocated above)
                 sf_network_buffer_sizes(self.layers, self.n_layers, batch, 1, &n_even, &n_odd)
             even, odd = _aligned(n_even + 1), _aligned(n_odd + 1)
             pe, po = &even[0], &odd[0]
@@ -277,10 +279,13 @@ cdef class NetworkPlan:
                 raise ValueError(f"out must hold {n_z} floats, got {z.shape[0]}")
             zp = &z[0]
         with nogil:
-            sf_network_forward(zp, &x[0], self.layers, self.n_layers, batch, pe, po, major,
-                               n_threads)
+            rc = sf_network_forward(zp, &x[0], self.layers, self.n_layers, batch, pe, po, major,
+                                    n_threads)
         if small:
             self.spare = buf
+        if rc != 0:
+            raise MemoryError("no memory for the layout change's scratch blocks")
+        if small:
             return out
         if out is not None:
             return out
