@@ -2,7 +2,7 @@
 CPU-bound processes, same run.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/contention.py \
-        [--competitors N] [--batches 1,64] [--rounds 8] [--spin 0,50,200]
+        [--competitors N] [--batches 1,64] [--rounds 8] [--spin 50:0,50:1000]
 
 The model is the direct MNIST network of the issue (builders.direct: 1568 units, fan-in 49, a
 per-unit MLP of 24), random weights. A competitor is a Python process spinning in
@@ -12,8 +12,9 @@ the phase and stopped after it) -- so that drift in the machine's load reaches i
 cells alike; the tables give medians and means over all rounds. The goal of issue 14: with one
 competing process, 2 threads no slower than 1.2 x 1 thread, at batch 1 and 64.
 
-``--spin`` (builds with the thread pool of csrc/pool.c only) also alternates the time a waiting
-thread spins before it sleeps, in microseconds: the measurement behind the default.
+``--spin WAIT:IDLE,...`` (builds with the thread pool of csrc/pool.c only) also alternates the
+times a thread spins before it sleeps, in microseconds -- waiting for work inside a call, and a
+worker waiting for the next call: the measurement behind the defaults.
 """
 import argparse
 import os
@@ -39,6 +40,13 @@ def stop(procs):
         p.kill()
     for p in procs:
         p.wait()
+
+
+def set_spin(pair):
+    """'WAIT:IDLE' microseconds (a lone number sets both)."""
+    wait, _, idle = pair.partition(":")
+    _kernels.spin_microseconds(int(wait))
+    _kernels.spin_microseconds(int(idle or wait), idle=True)
 
 
 def block(fn, seconds):
@@ -69,15 +77,16 @@ def main():
     has_pool = hasattr(_kernels, "spin_microseconds")
     if args.spin and not has_pool:
         raise SystemExit("--spin needs a build with csrc/pool.c")
-    spins = [int(s) for s in args.spin.split(",")] if args.spin else [None]
+    spins = [s.strip() for s in args.spin.split(",")] if args.spin else [None]
     net = sf.builders.direct(fan_in=49, hidden=(24,))
     x = sf.datasets.load_embedded()[2][:max(batches)].reshape(-1, 784).astype(np.float32) / 255
     inputs = {b: np.ascontiguousarray(x[:b]) for b in batches}
     backend = _kernels.thread_backend() if has_pool else "openmp"
-    default_spin = _kernels.spin_microseconds() if has_pool else None
+    default_spin = (f"{_kernels.spin_microseconds()}:{_kernels.spin_microseconds(idle=True)}"
+                    if has_pool else None)
     print(f"model: builders.direct(fan_in=49, hidden=(24,)), {net.n_units} units; kernels "
           f"{_kernels.cpu_variant()}; threads from {backend}"
-          + (f" (spin {default_spin} us)" if has_pool else "")
+          + (f" (spin {default_spin} us, in a call:between calls)" if has_pool else "")
           + f"; {usable_cpu_count()} usable CPUs; {args.competitors} competitor(s); "
           f"load average {os.getloadavg()[0]:.1f} at the start")
     times = {}  # (phase, spin, batch, threads) -> [seconds]
@@ -89,7 +98,7 @@ def main():
                     procs = start_competitors(args.competitors)
                 for spin in spins:
                     if spin is not None:
-                        _kernels.spin_microseconds(spin)
+                        set_spin(spin)
                     for b in batches:
                         for n in (threads if r % 2 == 0 else threads[::-1]):
                             xb = inputs[b]
@@ -101,12 +110,12 @@ def main():
     finally:
         stop(procs)
         if has_pool:
-            _kernels.spin_microseconds(default_spin)
+            set_spin(default_spin)
     print(f"medians (means) of {args.rounds} rounds, milliseconds per predict; load average "
           f"{os.getloadavg()[0]:.1f} at the end")
     head = "".join(f"{f'{n} thr':>17s}" for n in threads)
     ratio = f"{f'{threads[-1]}/{threads[0]} thr':>16s}" if len(threads) > 1 else ""
-    print(f"{'phase':6s} {'spin':>5s} {'batch':>5s}{head}{ratio}")
+    print(f"{'phase':6s} {'spin':>10s} {'batch':>5s}{head}{ratio}")
     for phase in ("idle", "busy"):
         for spin in spins:
             for b in batches:
@@ -115,8 +124,8 @@ def main():
                 if len(threads) > 1:
                     row += (f"{np.median(cells[-1]) / np.median(cells[0]):9.2f} "
                             f"({np.mean(cells[-1]) / np.mean(cells[0]):4.2f})")
-                sp = "-" if spin is None else str(spin)
-                print(f"{phase:6s} {sp:>5s} {b:5d}{row}")
+                sp = "-" if spin is None else spin
+                print(f"{phase:6s} {sp:>10s} {b:5d}{row}")
 
 
 if __name__ == "__main__":

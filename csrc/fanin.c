@@ -517,7 +517,7 @@ static void chain_wait(const chain_job *j, int l, int64_t s, int64_t u0, int64_t
     }
     const chain_stage *P = &j->st[l - 1];
     const int64_t base = P->first + s * P->pass.n_chunks;
-    const int64_t war = L->out_buf == P->in_buf && u0 * L->pass.a.H < P->in_rows;
+    const int war = L->out_buf == P->in_buf && u0 * L->pass.a.H < P->in_rows;
     if (L->identity && !war) {
         if (u1 > u0) /* the previous layer's chunks holding units u0 .. u1 - 1 */
             sf_team_wait(team, base + chunk_of(&P->pass, u0), base + chunk_of(&P->pass, u1 - 1));
@@ -566,6 +566,7 @@ int sf_network_forward(float *out, const float *x, const sf_chain_layer *layers,
                        int64_t B, float *even, float *odd, int batch_major_out, int n_threads)
 {
     SF_REQUIRE(x && layers && B >= 0 && n_threads >= 1);  /* out NULL: the last buffer */
+    SF_REQUIRE(out || !batch_major_out);
     for (int l = 1; l < n_layers; ++l)  /* the chain fits together */
         SF_REQUIRE(layers[l].n_in == layers[l - 1].n_out && layers[l].c_in == layers[l - 1].c_out);
     if (n_layers <= 0 || B <= 0)

@@ -22,22 +22,30 @@
 
 #include <stdlib.h>
 
+/* How long a waiting thread spins before it sleeps, in microseconds (chosen by measurement:
+ * bench/contention.py, docs/benchmarks.md): for an item or the end of a call, and a worker for
+ * the next call (long enough to span the Python code between two calls of a loop). */
 #ifndef SF_SPIN_US
-#define SF_SPIN_US 50 /* chosen by measurement: bench/contention.py, docs/benchmarks.md */
+#define SF_SPIN_US 50
+#endif
+#ifndef SF_IDLE_SPIN_US
+#define SF_IDLE_SPIN_US 1000
 #endif
 
 #if defined(_OPENMP) && !defined(SF_POOL_OPENMP) && (defined(__unix__) || defined(__APPLE__))
 #define SF_POOL_PTHREADS 1
 #endif
 
-static int spin_from_env(void)
+/* The spin time `which` (SF_SPIN_WAIT or SF_SPIN_IDLE) from its environment variable. */
+static int spin_from_env(int which)
 {
-    const char *s = getenv("SPARSEFAN_SPIN_US");
+    const int fallback = which == SF_SPIN_IDLE ? SF_IDLE_SPIN_US : SF_SPIN_US;
+    const char *s = getenv(which == SF_SPIN_IDLE ? "SPARSEFAN_IDLE_SPIN_US" : "SPARSEFAN_SPIN_US");
     if (s == NULL || *s == '\0')
-        return SF_SPIN_US;
+        return fallback;
     char *end;
     const long v = strtol(s, &end, 10);
-    return (*end == '\0' && v >= 0 && v <= 1000000) ? (int)v : SF_SPIN_US;
+    return (*end == '\0' && v >= 0 && v <= 1000000) ? (int)v : fallback;
 }
 
 #ifdef SF_POOL_PTHREADS
@@ -104,6 +112,28 @@ static int64_t now_ns(void)
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
+/* A gap this long between two looks at the clock while spinning means the OS ran something else
+ * on this CPU meanwhile: the CPU is wanted, so the spinning thread goes to sleep instead. */
+#define PREEMPTED_NS 50000
+
+/* Spin while !(ready) for up to budget_ns, or until the thread was descheduled. */
+#define SPIN_UNTIL(ready, budget_ns)                                                            \
+    do {                                                                                       \
+        if ((budget_ns) > 0 && !(ready)) {                                                     \
+            int64_t last_ = now_ns();                                                          \
+            const int64_t end_ = last_ + (budget_ns);                                          \
+            for (int i_ = 1; !(ready); ++i_) {                                                 \
+                cpu_relax();                                                                   \
+                if (i_ % 64 == 0) {                                                            \
+                    const int64_t t_ = now_ns();                                               \
+                    if (t_ > end_ || t_ - last_ > PREEMPTED_NS)                                \
+                        break;                                                                 \
+                    last_ = t_;                                                                \
+                }                                                                              \
+            }                                                                                  \
+        }                                                                                      \
+    } while (0)
+
 struct sf_team {
     /* The current job: written by its owner before it publishes claim, read by the threads that
      * claimed one of its items (the job cannot end before their items do). */
@@ -127,8 +157,8 @@ typedef struct {
 static struct {
     struct sf_team team;
     _Atomic int busy; /* a call owns the pool */
-    _Atomic int spin_us;
-    _Atomic int64_t idle_spin_ns; /* how long workers spin for the next job (the last job's) */
+    _Atomic int spin_us[2]; /* SF_SPIN_WAIT, SF_SPIN_IDLE */
+    _Atomic int64_t idle_spin_ns; /* how long workers spin for the next job (set by the last) */
     int n_workers;
     int n_cpus;
     worker_slot slots[MAX_WORKERS];
@@ -161,14 +191,16 @@ static void pool_init(void)
     if (n <= 0)
         n = (int)sysconf(_SC_NPROCESSORS_ONLN);
     pool.n_cpus = n > 0 ? n : 1;
-    atomic_store(&pool.spin_us, spin_from_env());
+    atomic_store(&pool.spin_us[SF_SPIN_WAIT], spin_from_env(SF_SPIN_WAIT));
+    atomic_store(&pool.spin_us[SF_SPIN_IDLE], spin_from_env(SF_SPIN_IDLE));
     pthread_atfork(NULL, NULL, pool_after_fork);
 }
 
-int sf_pool_spin_us(int us)
+int sf_pool_spin_us(int which, int us)
 {
     pthread_once(&pool_once, pool_init);
-    return us >= 0 ? atomic_exchange(&pool.spin_us, us) : atomic_load(&pool.spin_us);
+    _Atomic int *v = &pool.spin_us[which == SF_SPIN_IDLE];
+    return us >= 0 ? atomic_exchange(v, us) : atomic_load(v);
 }
 
 const char *sf_pool_backend(void) { return "pthreads"; }
@@ -221,14 +253,7 @@ static void *worker_main(void *arg)
         uint32_t g = atomic_load(&s->wake);
         if (g == seen) {
             const int64_t spin = atomic_load_explicit(&pool.idle_spin_ns, memory_order_relaxed);
-            if (spin > 0) {
-                const int64_t end = now_ns() + spin;
-                for (int i = 1; (g = atomic_load(&s->wake)) == seen; ++i) {
-                    cpu_relax();
-                    if (i % 64 == 0 && now_ns() > end)
-                        break;
-                }
-            }
+            SPIN_UNTIL((g = atomic_load(&s->wake)) != seen, spin);
             if (g == seen) {
                 atomic_store(&s->sleeping, 1);
                 while ((g = atomic_load(&s->wake)) == seen)
@@ -291,18 +316,9 @@ static void wait_for(struct sf_team *t, int64_t item)
 #define SF_READY()                                                                              \
     (item >= 0 ? atomic_load_explicit(&t->stamp[item], memory_order_acquire) == gen            \
                : atomic_load(&t->done) == n)
+    SPIN_UNTIL(SF_READY(), t->spin_ns);
     if (SF_READY())
         return;
-    if (t->spin_ns > 0) {
-        const int64_t end = now_ns() + t->spin_ns;
-        for (int i = 1; !SF_READY(); ++i) {
-            cpu_relax();
-            if (i % 64 == 0 && now_ns() > end)
-                break;
-        }
-        if (SF_READY())
-            return;
-    }
     atomic_fetch_add(&t->sleepers, 1);
     for (;;) {
         const uint32_t d = atomic_load(&t->done);
@@ -339,10 +355,13 @@ void sf_run(int n_threads, int64_t n_items, sf_item_fn fn, void *ctx)
                 t->ctx = ctx;
                 t->n_items = n_items;
                 t->gen = gen;
-                t->spin_ns = n_threads > pool.n_cpus
-                                 ? 0
-                                 : (int64_t)atomic_load(&pool.spin_us) * 1000;
-                atomic_store_explicit(&pool.idle_spin_ns, t->spin_ns, memory_order_relaxed);
+                const int over = n_threads > pool.n_cpus; /* more threads than CPUs: no spin */
+                t->spin_ns = over ? 0 : (int64_t)atomic_load(&pool.spin_us[SF_SPIN_WAIT]) * 1000;
+                atomic_store_explicit(&pool.idle_spin_ns,
+                                      over ? 0
+                                           : (int64_t)atomic_load(&pool.spin_us[SF_SPIN_IDLE]) *
+                                                 1000,
+                                      memory_order_relaxed);
                 atomic_store(&t->done, 0);
                 atomic_store_explicit(&t->claim, (uint64_t)gen << 32 | (uint64_t)n_items,
                                       memory_order_release);
@@ -374,13 +393,14 @@ struct sf_team {
     volatile char *done;
 };
 
-static int spin_us = -1;
+static int spin_us[2] = {-1, -1};
 
-int sf_pool_spin_us(int us)
+int sf_pool_spin_us(int which, int us)
 {
-    const int old = spin_us < 0 ? spin_from_env() : spin_us;
+    which = which == SF_SPIN_IDLE;
+    const int old = spin_us[which] < 0 ? spin_from_env(which) : spin_us[which];
     if (us >= 0)
-        spin_us = us;
+        spin_us[which] = us;
     return old;
 }
 
@@ -428,10 +448,10 @@ void sf_run(int n_threads, int64_t n_items, sf_item_fn fn, void *ctx)
 /* ------------------------------------------------------------------------------------------ */
 /* one thread                                                                                  */
 
-int sf_pool_spin_us(int us)
+int sf_pool_spin_us(int which, int us)
 {
     (void)us;
-    return spin_from_env();
+    return spin_from_env(which);
 }
 
 const char *sf_pool_backend(void) { return "none"; }

@@ -39,11 +39,14 @@ void sf_team_wait(sf_team *team, int64_t first, int64_t last);
 /* Inside an item: the index of the thread running it, 0 .. n_threads - 1 (0: the caller). */
 int sf_team_thread(void);
 
-/* How long (microseconds) a thread spins before it sleeps, waiting for work or for an item:
- * sets it when us >= 0 and returns the previous value. Default SF_SPIN_US (or the environment
- * variable SPARSEFAN_SPIN_US read at the first call). No spinning when a call asks for more
- * threads than the process has CPUs. Not thread-safe: for benchmarks. */
-int sf_pool_spin_us(int us);
+/* How long (microseconds) a thread spins before it sleeps: SF_SPIN_WAIT, waiting for an item or
+ * for the end of a call (default SF_SPIN_US, or the environment variable SPARSEFAN_SPIN_US read at
+ * the first call), or SF_SPIN_IDLE, a worker waiting for the next call (SF_IDLE_SPIN_US,
+ * SPARSEFAN_IDLE_SPIN_US). A spinning thread that finds it was descheduled meanwhile sleeps at
+ * once, and nothing spins when a call asks for more threads than the process has CPUs. Sets the
+ * time when us >= 0; returns the previous value. Not thread-safe: for benchmarks. */
+enum { SF_SPIN_WAIT = 0, SF_SPIN_IDLE = 1 };
+int sf_pool_spin_us(int which, int us);
 
 /* The backend: "pthreads", "openmp" or "none". */
 const char *sf_pool_backend(void);

@@ -49,5 +49,6 @@ cdef extern from "certify.h" nogil:
 
 
 cdef extern from "pool.h" nogil:
-    int sf_pool_spin_us(int us)
+    enum: SF_SPIN_WAIT, SF_SPIN_IDLE
+    int sf_pool_spin_us(int which, int us)
     const char *sf_pool_backend()

@@ -14,6 +14,7 @@ from sparsefan._fanin cimport (
     sf_fanin_backward_params, sf_relu_backward, sf_transpose, sf_relu_backward_transpose,
     sf_chain_layer, sf_network_buffer_sizes,
     sf_network_forward, sf_certify_mean_logits, sf_pool_spin_us, sf_pool_backend,
+    SF_SPIN_WAIT, SF_SPIN_IDLE,
 )
 from libc.stdlib cimport malloc, free
 
@@ -36,14 +37,16 @@ def thread_backend():
     return sf_pool_backend().decode()
 
 
-def spin_microseconds(us=None):
-    """How long a waiting kernel thread spins before it sleeps (benchmarks; not thread-safe):
-    returns the current value, and sets it to ``us`` when given."""
+def spin_microseconds(us=None, idle=False):
+    """How long a kernel thread spins before it sleeps, waiting for work inside a call or, with
+    ``idle``, for the next call (benchmarks; not thread-safe): returns the current value, and
+    sets it to ``us`` when given."""
+    which = SF_SPIN_IDLE if idle else SF_SPIN_WAIT
     if us is None:
-        return sf_pool_spin_us(-1)
+        return sf_pool_spin_us(which, -1)
     if us < 0 or us > 1000000:
         raise ValueError(f"spin time must be within 0 .. 1000000 microseconds, got {us}")
-    return sf_pool_spin_us(us)
+    return sf_pool_spin_us(which, us)
 
 
 # -- CPU variants ---------------------------------------------------------------------------------

@@ -134,14 +134,16 @@ def test_spin_time_is_settable_and_does_not_change_results(rng):
     layer = _layer(make_connectivity("random", 200, 1500, 9, seed=1), 2, 3, True, 1)
     x = rng.random((40, 200, 2), dtype=np.float32)
     want = layer.forward(x, n_threads=1)
-    old = _kernels.spin_microseconds()
+    old = _kernels.spin_microseconds(), _kernels.spin_microseconds(idle=True)
     try:
         for us in (0, 1, 1000):
-            assert _kernels.spin_microseconds(us) >= 0
-            assert _kernels.spin_microseconds() == us
+            for idle in (False, True):
+                assert _kernels.spin_microseconds(us, idle=idle) >= 0
+                assert _kernels.spin_microseconds(idle=idle) == us
             assert np.array_equal(layer.forward(x, n_threads=2), want)
     finally:
-        _kernels.spin_microseconds(old)
+        _kernels.spin_microseconds(old[0])
+        _kernels.spin_microseconds(old[1], idle=True)
     for bad in (-1, 10**7):
         with pytest.raises(ValueError, match="spin time"):
             _kernels.spin_microseconds(bad)
