@@ -48,6 +48,21 @@ static int spin_from_env(int which)
     return (*end == '\0' && v >= 0 && v <= 1000000) ? (int)v : fallback;
 }
 
+#ifndef SF_POOL_PTHREADS
+/* The spin times of the other backends: kept for sf_pool_spin_us, unused (OpenMP's own waits
+ * follow OMP_WAIT_POLICY). */
+static int spin_us[2] = {-1, -1};
+
+int sf_pool_spin_us(int which, int us)
+{
+    which = which == SF_SPIN_IDLE;
+    const int old = spin_us[which] < 0 ? spin_from_env(which) : spin_us[which];
+    if (us >= 0)
+        spin_us[which] = us;
+    return old;
+}
+#endif
+
 #ifdef SF_POOL_PTHREADS
 /* ------------------------------------------------------------------------------------------ */
 /* POSIX threads                                                                               */
@@ -393,16 +408,6 @@ struct sf_team {
     volatile char *done;
 };
 
-static int spin_us[2] = {-1, -1};
-
-int sf_pool_spin_us(int which, int us)
-{
-    which = which == SF_SPIN_IDLE;
-    const int old = spin_us[which] < 0 ? spin_from_env(which) : spin_us[which];
-    if (us >= 0)
-        spin_us[which] = us;
-    return old;
-}
 
 const char *sf_pool_backend(void) { return "openmp"; }
 
@@ -448,11 +453,6 @@ void sf_run(int n_threads, int64_t n_items, sf_item_fn fn, void *ctx)
 /* ------------------------------------------------------------------------------------------ */
 /* one thread                                                                                  */
 
-int sf_pool_spin_us(int which, int us)
-{
-    (void)us;
-    return spin_from_env(which);
-}
 
 const char *sf_pool_backend(void) { return "none"; }
 

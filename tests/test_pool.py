@@ -107,7 +107,7 @@ def test_a_forked_child_gets_threads_of_its_own():
     # the workers of the parent do not exist in a child: its first parallel call starts new
     # ones instead of waiting forever for the parent's
     if not hasattr(os, "fork") or _kernels.thread_backend() != "pthreads":
-        pytest.skip("fork with the pthreads backend only (GNU OpenMP hangs in a forked child)")
+        pytest.skip("the pthreads backend only (GNU OpenMP hangs in a forked child)")
     layer = _layer(make_connectivity("random", 300, 2000, 9, seed=0), 1, 4, True, 0)
     x = np.random.default_rng(0).random((64, 300), dtype=np.float32)
     want = layer.forward(x, n_threads=2)  # the pool is running
