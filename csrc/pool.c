@@ -29,7 +29,7 @@
 #define SF_SPIN_US 50
 #endif
 #ifndef SF_IDLE_SPIN_US
-#define SF_IDLE_SPIN_US 1000
+#define SF_IDLE_SPIN_US 2000
 #endif
 
 #if defined(_OPENMP) && !defined(SF_POOL_OPENMP) && (defined(__unix__) || defined(__APPLE__))
@@ -131,15 +131,22 @@ static int64_t now_ns(void)
  * on this CPU meanwhile: the CPU is wanted, so the spinning thread goes to sleep instead. */
 #define PREEMPTED_NS 50000
 
-/* Spin while !(ready) for up to budget_ns, or until the thread was descheduled. */
-#define SPIN_UNTIL(ready, budget_ns)                                                            \
+/* Spin while !(ready) for up to budget_ns, or until the thread was descheduled. Every `turns`
+ * looks, a yielding spin (YIELD) offers the CPU to any other thread waiting for it: a worker
+ * waiting for the next call stays ready for it when the machine is idle, but takes no time from
+ * the calling thread or from anyone else when it is not (measured: a plain spin between calls
+ * slowed batch-64 predict on a loaded machine by 10-15%, a yielding one by nothing). */
+#define SPIN_UNTIL(ready, budget_ns, YIELD)                                                     \
     do {                                                                                       \
         if ((budget_ns) > 0 && !(ready)) {                                                     \
+            const int turns_ = (YIELD) ? 16 : 64;                                              \
             int64_t last_ = now_ns();                                                          \
             const int64_t end_ = last_ + (budget_ns);                                          \
             for (int i_ = 1; !(ready); ++i_) {                                                 \
                 cpu_relax();                                                                   \
-                if (i_ % 64 == 0) {                                                            \
+                if (i_ % turns_ == 0) {                                                        \
+                    if (YIELD)                                                                 \
+                        sched_yield();                                                         \
                     const int64_t t_ = now_ns();                                               \
                     if (t_ > end_ || t_ - last_ > PREEMPTED_NS)                                \
                         break;                                                                 \
@@ -268,7 +275,7 @@ static void *worker_main(void *arg)
         uint32_t g = atomic_load(&s->wake);
         if (g == seen) {
             const int64_t spin = atomic_load_explicit(&pool.idle_spin_ns, memory_order_relaxed);
-            SPIN_UNTIL((g = atomic_load(&s->wake)) != seen, spin);
+            SPIN_UNTIL((g = atomic_load(&s->wake)) != seen, spin, 1);
             if (g == seen) {
                 atomic_store(&s->sleeping, 1);
                 while ((g = atomic_load(&s->wake)) == seen)
@@ -331,7 +338,7 @@ static void wait_for(struct sf_team *t, int64_t item)
 #define SF_READY()                                                                              \
     (item >= 0 ? atomic_load_explicit(&t->stamp[item], memory_order_acquire) == gen            \
                : atomic_load(&t->done) == n)
-    SPIN_UNTIL(SF_READY(), t->spin_ns);
+    SPIN_UNTIL(SF_READY(), t->spin_ns, 0);
     if (SF_READY())
         return;
     atomic_fetch_add(&t->sleepers, 1);
