@@ -75,6 +75,7 @@ else:
     if use_openmp:
         compile_args.append("-fopenmp")
         link_args.append("-fopenmp")
+        link_args.append("-pthread")  # csrc/pool.c: the kernels' worker threads
     if _env_flag("SPARSEFAN_NATIVE", False):
         compile_args.append("-march=native")
 
@@ -84,7 +85,7 @@ extensions = [
         # fanin_<variant>.c: the kernel template csrc/fanin_simd.h compiled per instruction set
         # (target attributes, no -m flags), picked at run time by csrc/fanin.c
         sources=["sparsefan/_kernels.pyx", "csrc/fanin.c", "csrc/fanin_generic.c",
-                 "csrc/fanin_avx2.c", "csrc/fanin_avx512.c", "csrc/certify.c",
+                 "csrc/fanin_avx2.c", "csrc/fanin_avx512.c", "csrc/certify.c", "csrc/pool.c",
                  # int8 inference: int8.c dispatches to int8_<variant>.c
                  "csrc/int8.c", "csrc/int8_generic.c", "csrc/int8_avx2.c"],
         include_dirs=["csrc"],
@@ -92,7 +93,7 @@ extensions = [
         extra_link_args=link_args,
         depends=["csrc/fanin.h", "csrc/certify.h", "csrc/fanin_kernels.h", "csrc/fanin_simd.h",
                  "csrc/fanin_simd_gather.h", "csrc/fanin_simd_params.h",
-                 "csrc/fanin_simd_transpose.h", "csrc/fanin_ymm.h",
+                 "csrc/fanin_simd_transpose.h", "csrc/fanin_ymm.h", "csrc/pool.h",
                  "csrc/int8.h", "csrc/int8_kernels.h", "sparsefan/_fanin.pxd"],
     )
 ]

@@ -27,13 +27,17 @@
                (n_threads) >= 1)
 
 #include <stddef.h>
+#include <stdlib.h>
+
+#include "pool.h"
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 #define PARALLEL_MIN_WORK SF_PARALLEL_MIN_WORK
-/* Work ranges per thread: enough for dynamic scheduling to even out noisy neighbours. */
+/* Row ranges per thread: enough for the threads that run to take the share of one that does
+ * not (a busy machine), claimed in order (csrc/pool.c). */
 #define CHUNKS_PER_THREAD 8
 #define MAX_CHUNKS 512
 /* Cost of a row in units of connections, so that empty rows still count. */
@@ -41,6 +45,11 @@
 /* Software prefetch of the gathered rows pays when they do not fit in a core's L2 cache. */
 #ifndef PREFETCH_BYTES
 #define PREFETCH_BYTES (1024 * 1024)
+#endif
+/* Rows of a last layer that writes NumPy's layout are transposed in blocks of this size, each
+ * by the thread that computed it, right after. */
+#ifndef EXIT_BLOCK_BYTES
+#define EXIT_BLOCK_BYTES (128 * 1024)
 #endif
 #ifndef SLAB_MAX_COLUMNS
 #define SLAB_MAX_COLUMNS 1024
@@ -132,11 +141,17 @@ static int use_threads(int64_t work, int n_threads)
     return n_threads > 1 && work >= PARALLEL_MIN_WORK;
 }
 
-/* bounds[0..n_chunks]: row ranges of about equal cost (connections + ROW_COST per row), found by
- * binary search in the row pointers (cost up to row r is ptr[r] + ROW_COST * r). */
-static int split_rows(const int64_t *ptr, int64_t n_rows, int n_threads, int64_t *bounds)
+/* Row ranges for n_threads (1: one range). */
+static int64_t chunks_for(int n_threads)
 {
-    int64_t n_chunks = n_threads > 1 ? (int64_t)n_threads * CHUNKS_PER_THREAD : 1;
+    return n_threads > 1 ? (int64_t)n_threads * CHUNKS_PER_THREAD : 1;
+}
+
+/* bounds[0..n_chunks]: n_chunks row ranges (fewer for fewer rows) of about equal cost
+ * (connections + ROW_COST per row), found by binary search in the row pointers (cost up to row r
+ * is ptr[r] + ROW_COST * r). */
+static int split_rows(const int64_t *ptr, int64_t n_rows, int64_t n_chunks, int64_t *bounds)
+{
     if (n_chunks > MAX_CHUNKS)
         n_chunks = MAX_CHUNKS;
     if (n_chunks > n_rows)
@@ -167,6 +182,11 @@ static int64_t slab_width(int64_t B)
     return B <= SLAB_MAX_COLUMNS ? B : SLAB_MAX_COLUMNS;
 }
 
+static int64_t n_slabs(int64_t B)
+{
+    return B > 0 ? (B + SLAB_MAX_COLUMNS - 1) / SLAB_MAX_COLUMNS : 0;
+}
+
 /* Prefetch the gathered rows when they do not fit in L2. */
 static void set_prefetch(sf_gather_args *a, int64_t n_units, int64_t n_rows_in)
 {
@@ -179,36 +199,74 @@ static int64_t gather_work(const sf_gather_args *a, int64_t n_units)
     return (a->ptr[n_units] - a->ptr[0]) * a->G * a->H * a->B;
 }
 
-/* The gather pass over the row ranges bounds[0..n_chunks], run by every thread of the enclosing
- * parallel region (or by the caller alone outside one). No barrier at the end. */
-static void gather_team(const sf_kernel_table *k, const sf_gather_args *a, const int64_t *bounds,
-                        int n_chunks)
+/* ------------------------------------------------------------------------------------------ */
+/* work items (run by csrc/pool.c: claimed in order by whichever threads are running)          */
+
+/* A gather pass: item = slab * n_chunks + chunk, the row range bounds[chunk] .. bounds[chunk + 1]
+ * over the batch columns of the slab. */
+typedef struct {
+    const sf_kernel_table *k;
+    sf_gather_args a;
+    const int64_t *bounds;
+    int n_chunks;
+} gather_pass;
+
+static void gather_pass_run(const gather_pass *p, int64_t item)
 {
-    const int64_t slab = slab_width(a->B);
-    for (int64_t b0 = 0; b0 < a->B; b0 += slab) {
-        const int64_t b1 = b0 + slab < a->B ? b0 + slab : a->B;
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1) nowait
-#endif
-        for (int c = 0; c < n_chunks; ++c)
-            k->gather(a, bounds[c], bounds[c + 1], b0, b1);
-    }
+    const int64_t slab = slab_width(p->a.B);
+    const int64_t s = item / p->n_chunks;
+    const int c = (int)(item % p->n_chunks);
+    const int64_t b0 = s * slab, b1 = b0 + slab < p->a.B ? b0 + slab : p->a.B;
+    p->k->gather(&p->a, p->bounds[c], p->bounds[c + 1], b0, b1);
+}
+
+static void gather_item(void *ctx, int64_t item, sf_team *team)
+{
+    (void)team;
+    gather_pass_run(ctx, item);
 }
 
 static void run_gather(const sf_gather_args *args, int64_t n_units, int64_t n_rows_in,
                        int n_threads)
 {
-    sf_gather_args a = *args;
-    set_prefetch(&a, n_units, n_rows_in);
-    const sf_kernel_table *k = kernels();
-    const int par = use_threads(gather_work(&a, n_units), n_threads);
+    gather_pass p = {.k = kernels(), .a = *args};
+    set_prefetch(&p.a, n_units, n_rows_in);
+    const int par = use_threads(gather_work(&p.a, n_units), n_threads);
     int64_t bounds[MAX_CHUNKS + 1];
-    const int n_chunks = split_rows(a.ptr, n_units, par ? n_threads : 1, bounds);
-    (void)par;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(n_threads) if (par)
-#endif
-    gather_team(k, &a, bounds, n_chunks);
+    p.n_chunks = split_rows(p.a.ptr, n_units, chunks_for(par ? n_threads : 1), bounds);
+    p.bounds = bounds;
+    sf_run(par ? n_threads : 1, n_slabs(p.a.B) * p.n_chunks, gather_item, &p);
+}
+
+/* The layout change in items of TRANSPOSE_ROWS input rows (whole 32 x 32 blocks). */
+#define TRANSPOSE_ROWS 32
+typedef struct {
+    const sf_kernel_table *k;
+    float *out;
+    const float *in;
+    const float *relu_y; /* not NULL: out = the ReLU backward of in given this output */
+    int64_t rows, cols;
+} transpose_pass;
+
+static int64_t transpose_items(int64_t rows)
+{
+    return (rows + TRANSPOSE_ROWS - 1) / TRANSPOSE_ROWS;
+}
+
+static void transpose_pass_run(const transpose_pass *p, int64_t item)
+{
+    const int64_t r0 = item * TRANSPOSE_ROWS;
+    const int64_t r1 = r0 + TRANSPOSE_ROWS < p->rows ? r0 + TRANSPOSE_ROWS : p->rows;
+    if (p->relu_y != NULL)
+        p->k->transpose_relu(p->out, p->rows, p->in, p->relu_y, p->cols, r0, r1, 0, p->cols);
+    else
+        p->k->transpose(p->out, p->rows, p->in, p->cols, r0, r1, 0, p->cols);
+}
+
+static void transpose_item(void *ctx, int64_t item, sf_team *team)
+{
+    (void)team;
+    transpose_pass_run(ctx, item);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -257,6 +315,25 @@ void sf_fanin_backward_input(float *dx, const float *dy, const float *W,
     run_gather(&a, n_in, n_out, n_threads);
 }
 
+typedef struct {
+    const sf_kernel_table *k;
+    float *dW, *db;
+    const float *dy, *x;
+    const int64_t *indptr;
+    const int32_t *indices;
+    int64_t c_in, c_out, B;
+    int prefetch;
+    const int64_t *bounds;
+} params_pass;
+
+static void params_item(void *ctx, int64_t c, sf_team *team)
+{
+    const params_pass *p = ctx;
+    (void)team;
+    p->k->params(p->dW, p->db, p->dy, p->x, p->indptr, p->indices, p->bounds[c],
+                 p->bounds[c + 1], p->c_in, p->c_out, p->B, p->prefetch);
+}
+
 /* forward: y[j, o, b] += W[p, c, o] * x[indices[p], c, b] + b[j, o]
  * so:      dW[p, c, o] += sum_b x[indices[p], c, b] * dy[j, o, b],  db[j, o] += sum_b dy[j, o, b].
  * Parallel over rows j: row j owns its connections' dW blocks and its db entries. */
@@ -268,31 +345,44 @@ void sf_fanin_backward_params(float *dW, float *db, const float *dy, const float
     SF_REQUIRE_SHAPE(n_in, n_out, c_in, c_out, B, n_threads);
     SF_REQUIRE(dy && x && indptr && indptr[0] == 0);  /* db may be NULL */
     SF_REQUIRE(indptr[n_out] == 0 || (dW && indices));
-    const sf_kernel_table *k = kernels();
     const int64_t work = indptr[n_out] * c_in * c_out * B;
     const int par = use_threads(work, n_threads);
     int64_t bounds[MAX_CHUNKS + 1];
-    const int n_chunks = split_rows(indptr, n_out, par ? n_threads : 1, bounds);
-    const int prefetch = n_in * c_in * B * (int64_t)sizeof(float) > PREFETCH_BYTES;
-    (void)par;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads) if (par)
-#endif
-    for (int c = 0; c < n_chunks; ++c)
-        k->params(dW, db, dy, x, indptr, indices, bounds[c], bounds[c + 1], c_in, c_out, B,
-                  prefetch);
+    const int n_chunks = split_rows(indptr, n_out, chunks_for(par ? n_threads : 1), bounds);
+    const params_pass p = {.k = kernels(), .dW = dW, .db = db, .dy = dy, .x = x,
+                           .indptr = indptr, .indices = indices, .c_in = c_in, .c_out = c_out,
+                           .B = B, .prefetch = n_in * c_in * B * (int64_t)sizeof(float) >
+                                               PREFETCH_BYTES,
+                           .bounds = bounds};
+    sf_run(par ? n_threads : 1, n_chunks, params_item, (void *)&p);
+}
+
+#define RELU_ITEM (1 << 16)
+typedef struct {
+    float *dz;
+    const float *dy, *y;
+    int64_t n, step;
+} relu_pass;
+
+static void relu_item(void *ctx, int64_t item, sf_team *team)
+{
+    const relu_pass *p = ctx;
+    (void)team;
+    const int64_t i0 = item * p->step, i1 = i0 + p->step < p->n ? i0 + p->step : p->n;
+    float *dz = p->dz;
+    const float *dy = p->dy, *y = p->y;
+    for (int64_t i = i0; i < i1; ++i) {
+        const float d = dy[i]; /* loaded unconditionally: the loop vectorizes (a blend) */
+        dz[i] = y[i] > 0.0f ? d : 0.0f;
+    }
 }
 
 void sf_relu_backward(float *dz, const float *dy, const float *y, int64_t n, int n_threads)
 {
-    (void)n_threads;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(n_threads) if (n >= 8 * PARALLEL_MIN_WORK)
-#endif
-    for (int64_t i = 0; i < n; ++i) {
-        const float d = dy[i]; /* loaded unconditionally: the loop vectorizes (a blend) */
-        dz[i] = y[i] > 0.0f ? d : 0.0f;
-    }
+    const int par = n_threads > 1 && n >= 8 * PARALLEL_MIN_WORK;
+    const relu_pass p = {.dz = dz, .dy = dy, .y = y, .n = n, .step = par ? RELU_ITEM : n};
+    if (n > 0)
+        sf_run(par ? n_threads : 1, (n + p.step - 1) / p.step, relu_item, (void *)&p);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -303,31 +393,20 @@ static int transpose_par(int64_t rows, int64_t cols, int n_threads)
     return n_threads > 1 && rows * cols >= 4 * PARALLEL_MIN_WORK;
 }
 
-/* The transpose in work items of 32 rows (whole 32 x 32 blocks), run by every thread of the
- * enclosing parallel region (or by the caller alone outside one); a barrier at the end. */
-static void transpose_team(const sf_kernel_table *k, float *out, const float *in, int64_t rows,
-                           int64_t cols)
-{
-    const int64_t step = 32;
-    const int64_t n_items = (rows + step - 1) / step;
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 4)
-#endif
-    for (int64_t it = 0; it < n_items; ++it) {
-        const int64_t r0 = it * step;
-        k->transpose(out, in, rows, cols, r0, r0 + step < rows ? r0 + step : rows);
-    }
-}
-
 void sf_transpose(float *out, const float *in, int64_t rows, int64_t cols, int n_threads)
 {
-    const sf_kernel_table *k = kernels();
-    const int par = transpose_par(rows, cols, n_threads);
-    (void)par;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(n_threads) if (par)
-#endif
-    transpose_team(k, out, in, rows, cols);
+    const transpose_pass p = {.k = kernels(), .out = out, .in = in, .rows = rows, .cols = cols};
+    sf_run(transpose_par(rows, cols, n_threads) ? n_threads : 1, transpose_items(rows),
+           transpose_item, (void *)&p);
+}
+
+void sf_relu_backward_transpose(float *dzt, const float *dy, const float *y, int64_t rows,
+                                int64_t cols, int n_threads)
+{
+    const transpose_pass p = {.k = kernels(), .out = dzt, .in = dy, .relu_y = y, .rows = rows,
+                              .cols = cols};
+    sf_run(transpose_par(rows, cols, n_threads) ? n_threads : 1, transpose_items(rows),
+           transpose_item, (void *)&p);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -342,7 +421,7 @@ void sf_network_buffer_sizes(const sf_chain_layer *layers, int n_layers, int64_t
                              int64_t *even, int64_t *odd)
 {
     *even = 0;
-    *odd = B > 1 && n_layers > 0 ? layers[0].n_in * B : 0;
+    *odd = B > 1 && n_layers > 0 ? layers[0].n_in * layers[0].c_in * B : 0;
     for (int l = 0; l + (last_in_buffer ? 0 : 1) < n_layers; ++l) {
         const int64_t n = layers[l].n_out * layers[l].c_out * B;
         int64_t *size = l % 2 == 0 ? even : odd;
@@ -359,54 +438,232 @@ static sf_gather_args layer_args(const sf_chain_layer *L, float *y, const float 
     return a;
 }
 
-void sf_network_forward(float *out, const float *x, const sf_chain_layer *layers, int n_layers,
-                        int64_t B, float *even, float *odd, int n_threads)
+/* 1 when unit j of the layer reads unit j of the previous layer only (a per-unit layer). */
+static int is_identity(const sf_chain_layer *L)
+{
+    if (L->n_in != L->n_out || L->indptr[L->n_out] != L->n_out)
+        return 0;
+    for (int64_t j = 0; j < L->n_out; ++j)
+        if (L->indptr[j] != j || L->indices[j] != j)
+            return 0;
+    return 1;
+}
+
+/* The call is one list of items: the entry's layout change (B > 1), then every layer's gather
+ * pass. An item waits only for the earlier items it needs (sf_team_wait), so threads run into the
+ * next layer as soon as its inputs are there instead of meeting at a barrier; with one thread the
+ * items run in order and wait for nothing. Stage s is the entry (s = 0) or layer s - 1. */
+typedef struct {
+    gather_pass pass;
+    int64_t first;            /* its first item */
+    int64_t in_rows;          /* rows of B floats it reads from its input buffer */
+    int64_t n_out;
+    int in_buf, out_buf;      /* 0 even, 1 odd, 2 x, 3 out */
+    int identity;
+} chain_stage;
+
+typedef struct {
+    transpose_pass entry;
+    int64_t n_entry; /* items of the entry (0 at B == 1: layer 0 reads x itself) */
+    const chain_stage *st;
+    int n_layers;
+    /* A batch-major out (B > 1): each item of the last layer computes its block of rows into
+     * a scratch block of its thread's (stage_floats each), then transposes it into exit, so that
+     * the last layer's output never leaves the cache. */
+    float *exit;
+    float *stage;
+    int64_t stage_floats, n_z;
+} chain_job;
+
+/* The chunk of a pass holding unit u: the last c with bounds[c] <= u. */
+static int chunk_of(const gather_pass *p, int64_t u)
+{
+    int lo = 0, hi = p->n_chunks - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (p->bounds[mid] <= u)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return lo;
+}
+
+static void wait_stage(sf_team *team, const chain_stage *S)
+{
+    const int64_t n = n_slabs(S->pass.a.B) * S->pass.n_chunks;
+    if (n > 0)
+        sf_team_wait(team, S->first, S->first + n - 1);
+}
+
+/* The items layer l's item (slab s, rows u0 .. u1) waits for:
+ *   - what it reads: the entry's columns of the slab (layer 0), or the previous layer's row
+ *     ranges in the slab -- only those holding units u0 .. u1 when the layer is per-unit;
+ *   - the previous layer's items in the slab, when it writes rows of the buffer they read;
+ *   - every item two and three stages back: the other accessors of the buffer it writes. Then,
+ *     by induction, every earlier stage is done too. */
+static void chain_wait(const chain_job *j, int l, int64_t s, int64_t u0, int64_t u1,
+                       sf_team *team)
+{
+    if (team == NULL)
+        return;
+    const chain_stage *L = &j->st[l];
+    const int64_t slab = slab_width(L->pass.a.B);
+    if (l == 0) {
+        if (j->n_entry > 0) {
+            const int64_t b0 = s * slab;
+            const int64_t b1 = b0 + slab < L->pass.a.B ? b0 + slab : L->pass.a.B;
+            sf_team_wait(team, b0 / TRANSPOSE_ROWS, (b1 - 1) / TRANSPOSE_ROWS);
+        }
+        return;
+    }
+    const chain_stage *P = &j->st[l - 1];
+    const int64_t base = P->first + s * P->pass.n_chunks;
+    const int war = L->out_buf == P->in_buf && u0 * L->pass.a.H < P->in_rows;
+    if (L->identity && !war) {
+        if (u1 > u0) /* the previous layer's chunks holding units u0 .. u1 - 1 */
+            sf_team_wait(team, base + chunk_of(&P->pass, u0), base + chunk_of(&P->pass, u1 - 1));
+    } else {
+        sf_team_wait(team, base, base + P->pass.n_chunks - 1);
+    }
+    for (int back = 2; back <= 3; ++back) {
+        if (l - back >= 0)
+            wait_stage(team, &j->st[l - back]);
+        else if (l - back == -1 && j->n_entry > 0)
+            sf_team_wait(team, 0, j->n_entry - 1);
+    }
+}
+
+static void chain_item(void *ctx, int64_t item, sf_team *team)
+{
+    const chain_job *j = ctx;
+    if (item < j->n_entry) {
+        transpose_pass_run(&j->entry, item);
+        return;
+    }
+    int l = 0;
+    while (l + 1 < j->n_layers && item >= j->st[l + 1].first)
+        ++l;
+    const gather_pass *p = &j->st[l].pass;
+    const int64_t k = item - j->st[l].first;
+    const int64_t s = k / p->n_chunks;
+    const int c = (int)(k % p->n_chunks);
+    chain_wait(j, l, s, p->bounds[c], p->bounds[c + 1], team);
+    if (j->exit == NULL || l + 1 < j->n_layers) {
+        gather_pass_run(p, k);
+        return;
+    }
+    /* units u0 .. u1 of the last layer, the slab's columns, through the thread's scratch */
+    const int64_t u0 = p->bounds[c], u1 = p->bounds[c + 1];
+    const int64_t B = p->a.B, H = p->a.H, slab = slab_width(B);
+    const int64_t b0 = s * slab, b1 = b0 + slab < B ? b0 + slab : B;
+    sf_gather_args a = p->a;
+    a.out = j->stage + sf_team_thread() * j->stage_floats;
+    a.out_unit0 = u0;
+    p->k->gather(&a, u0, u1, b0, b1);
+    p->k->transpose(j->exit + u0 * H, j->n_z, a.out, B, 0, (u1 - u0) * H, b0, b1);
+}
+
+int sf_network_forward(float *out, const float *x, const sf_chain_layer *layers, int n_layers,
+                       int64_t B, float *even, float *odd, int batch_major_out, int n_threads)
 {
     SF_REQUIRE(x && layers && B >= 0 && n_threads >= 1);  /* out NULL: the last buffer */
+    SF_REQUIRE(out || !batch_major_out);
     for (int l = 1; l < n_layers; ++l)  /* the chain fits together */
         SF_REQUIRE(layers[l].n_in == layers[l - 1].n_out && layers[l].c_in == layers[l - 1].c_out);
-    if (n_layers <= 0)
-        return;
+    if (n_layers <= 0 || B <= 0)
+        return 0;
     const sf_kernel_table *k = kernels();
-    const int64_t n_in = layers[0].n_in;
-    int par = B > 1 && transpose_par(B, n_in, n_threads);
+    const int64_t n_in = layers[0].n_in * layers[0].c_in; /* rows of the entry's transpose */
+    const int64_t n_z = layers[n_layers - 1].n_out * layers[n_layers - 1].c_out;
+    const int exit_t = batch_major_out && B > 1; /* (B == 1: both layouts are the same) */
+    int par = B > 1 && (transpose_par(B, n_in, n_threads) ||
+                        (exit_t && transpose_par(n_z, B, n_threads)));
     for (int l = 0; l < n_layers; ++l) {
         const sf_gather_args a = layer_args(&layers[l], NULL, NULL, B);
         par |= use_threads(gather_work(&a, layers[l].n_out), n_threads);
     }
-    float *buf[2];
-    buf[0] = even;
-    buf[1] = odd;
-    if (out == NULL)
-        out = buf[(n_layers - 1) % 2];
-    const float *entry = B > 1 ? odd : x; /* (n_in, 1, B) */
-    /* shared by the team: the current layer's arguments and row ranges */
-    sf_gather_args args;
-    int64_t bounds[MAX_CHUNKS + 1];
-    int n_chunks = 0;
-    (void)par;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(n_threads) if (par)
-#endif
-    {
-        if (B > 1) /* the layout change, (B, n_in) -> (n_in, B) */
-            transpose_team(k, buf[1], x, B, n_in);
-        for (int l = 0; l < n_layers; ++l) {
-#ifdef _OPENMP
-#pragma omp single
-#endif
-            {
-                const sf_chain_layer *L = &layers[l];
-                const float *in = l == 0 ? entry : buf[(l - 1) % 2];
-                float *y = l + 1 == n_layers ? out : buf[l % 2];
-                args = layer_args(L, y, in, B);
-                const int lp = use_threads(gather_work(&args, L->n_out), n_threads);
-                n_chunks = split_rows(L->indptr, L->n_out, lp ? n_threads : 1, bounds);
-            } /* implicit barrier: every thread sees args and bounds */
-            gather_team(k, &args, bounds, n_chunks);
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
-        }
+    /* the stages and their row ranges, in one allocation; a last layer that transposes its
+     * output gets row ranges of at most EXIT_BLOCK_BYTES, which stay in cache until then */
+    int64_t n_bounds = 0, exit_chunks = 1;
+    if (exit_t) {
+        const int64_t bytes = n_z * B * (int64_t)sizeof(float);
+        exit_chunks = (bytes + EXIT_BLOCK_BYTES - 1) / EXIT_BLOCK_BYTES;
+        exit_chunks = exit_chunks < MAX_CHUNKS ? exit_chunks : MAX_CHUNKS;
     }
+    for (int l = 0; l < n_layers; ++l)
+        n_bounds += (l + 1 == n_layers && exit_chunks > chunks_for(n_threads)
+                         ? exit_chunks : chunks_for(n_threads)) + 1;
+    chain_stage *st = malloc((size_t)n_layers * sizeof(chain_stage) +
+                             (size_t)n_bounds * sizeof(int64_t));
+    float *buf[4] = {even, odd, NULL, out};
+    int last_buf = 3;
+    if (out == NULL)
+        last_buf = (n_layers - 1) % 2;
+    if (st == NULL && exit_t)
+        return -1;
+    if (st == NULL) { /* layer by layer, through the single-layer entry points */
+        const float *in = x;
+        if (B > 1) {
+            sf_transpose(odd, x, B, n_in, n_threads);
+            in = odd;
+        }
+        for (int l = 0; l < n_layers; ++l) {
+            const sf_chain_layer *L = &layers[l];
+            float *y = buf[l + 1 == n_layers ? last_buf : l % 2];
+            sf_fanin_forward(y, in, L->W, L->b, L->indptr, L->indices, L->n_in, L->n_out,
+                             L->c_in, L->c_out, B, L->relu, n_threads);
+            in = y;
+        }
+        return 0;
+    }
+    int64_t *bounds = (int64_t *)(st + n_layers);
+    chain_job job = {.entry = {.k = k, .out = odd, .in = x, .rows = B, .cols = n_in},
+                     .n_entry = B > 1 ? transpose_items(B) : 0, .st = st,
+                     .n_layers = n_layers, .exit = exit_t ? out : NULL};
+    int64_t next = job.n_entry;
+    for (int l = 0; l < n_layers; ++l) {
+        const sf_chain_layer *L = &layers[l];
+        chain_stage *S = &st[l];
+        const int in_buf = l == 0 ? (B > 1 ? 1 : 2) : (l - 1) % 2; /* 2: x itself */
+        /* a last layer that transposes its output writes scratch blocks and out only */
+        const int out_buf = l + 1 < n_layers ? l % 2 : last_buf;
+        S->pass.k = k;
+        S->pass.a = layer_args(L, exit_t && l + 1 == n_layers ? NULL : buf[out_buf],
+                               in_buf == 2 ? x : buf[in_buf], B);
+        const int lp = use_threads(gather_work(&S->pass.a, L->n_out), n_threads);
+        int64_t want = chunks_for(lp ? n_threads : 1);
+        if (l + 1 == n_layers && exit_chunks > want)
+            want = exit_chunks;
+        S->pass.bounds = bounds;
+        S->pass.n_chunks = split_rows(L->indptr, L->n_out, want, bounds);
+        bounds += S->pass.n_chunks + 1;
+        S->first = next;
+        next += n_slabs(B) * S->pass.n_chunks;
+        S->in_rows = L->n_in * L->c_in;
+        S->n_out = L->n_out;
+        S->in_buf = in_buf;
+        S->out_buf = out_buf;
+        S->identity = l > 0 && is_identity(L);
+    }
+    float *stage = NULL;
+    if (exit_t) { /* a scratch block per thread, as large as the last layer's largest */
+        chain_stage *S = &st[n_layers - 1];
+        int64_t rows = 0;
+        for (int c = 0; c < S->pass.n_chunks; ++c)
+            rows = S->pass.bounds[c + 1] - S->pass.bounds[c] > rows
+                       ? S->pass.bounds[c + 1] - S->pass.bounds[c] : rows;
+        job.stage_floats = (rows * S->pass.a.H * B + 15) / 16 * 16; /* 64-byte blocks */
+        job.n_z = n_z;
+        stage = malloc((size_t)(job.stage_floats * (par ? n_threads : 1) + 16) * sizeof(float));
+        if (stage == NULL) {
+            free(st);
+            return -1;
+        }
+        job.stage = (float *)(((uintptr_t)stage + 63) / 64 * 64);
+    }
+    sf_run(par ? n_threads : 1, next, chain_item, &job);
+    free(stage);
+    free(st);
+    return 0;
 }

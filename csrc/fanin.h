@@ -87,6 +87,12 @@ void sf_relu_backward(float *dz, const float *dy, const float *y, int64_t n, int
  * entry and exit, (batch, features) <-> (features, batch). */
 void sf_transpose(float *out, const float *in, int64_t rows, int64_t cols, int n_threads);
 
+/* dzt[c][r] = y[r][c] > 0 ? dy[r][c] : 0 for (rows x cols) dy and y: the backward of a fused
+ * ReLU and the layout change of its gradient, (batch, features) -> (features, batch), in one
+ * pass. */
+void sf_relu_backward_transpose(float *dzt, const float *dy, const float *y, int64_t rows,
+                                int64_t cols, int n_threads);
+
 /* One layer of a network: the arguments of sf_fanin_forward without the activations. */
 typedef struct {
     const float *W, *b;
@@ -102,15 +108,20 @@ typedef struct {
 void sf_network_buffer_sizes(const sf_chain_layer *layers, int n_layers, int64_t B, int last_in_buffer,
                              int64_t *even, int64_t *odd);
 
-/* The layers in order, in one call (inference): x is (B, n_in) row-major -- the NumPy layout of
- * a batch --, out is the last layer's [n_out][c_out][B], or NULL to write it at the start of its
+/* The layers in order, in one call: x is (B, n_in, c_in) row-major -- the NumPy layout of a
+ * batch --, out is the last layer's [n_out][c_out][B], or NULL to write it at the start of its
  * own buffer (even if the number of layers is odd, else odd), so that no third activation buffer
- * is needed. Consecutive layers must agree (n_out, c_out of one = n_in, c_in of the next;
- * layers[0].c_in == 1). One parallel region covers all the layers. The same per-layer kernels and
- * work split as sf_fanin_forward, so the result is bit-identical to calling it layer by layer,
- * for any n_threads. */
-void sf_network_forward(float *out, const float *x, const sf_chain_layer *layers, int n_layers,
-                        int64_t B, float *even, float *odd, int n_threads);
+ * is needed. With batch_major_out, out is (B, n_out, c_out) row-major, the NumPy layout again:
+ * the last layer's rows go through small per-thread scratch blocks (malloc'ed here) and are
+ * transposed into out while in cache, so its parity buffer is not used (size the buffers with
+ * last_in_buffer = 0). Consecutive layers must agree (n_out, c_out of one = n_in, c_in of the
+ * next). One call to the thread pool covers the layout changes and all the layers: each work
+ * item waits only for the earlier items whose results it reads or whose inputs it overwrites (no
+ * barrier between layers). The same per-layer kernels as sf_fanin_forward, so the result is
+ * bit-identical to calling it layer by layer, for any n_threads. Returns 0, or -1 (nothing
+ * written) when the scratch of a batch-major out cannot be allocated. */
+int sf_network_forward(float *out, const float *x, const sf_chain_layer *layers, int n_layers,
+                       int64_t B, float *even, float *odd, int batch_major_out, int n_threads);
 
 #ifdef __cplusplus
 }

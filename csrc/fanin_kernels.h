@@ -26,7 +26,7 @@
  *                   (zero_init: out is overwritten).
  */
 typedef struct {
-    float *out;            /* [n_units][H][B] */
+    float *out;            /* [n_units][H][B]: unit u at out + (u - out_unit0) * H * B */
     const float *in;       /* [n_rows_in][G][B] */
     const float *W;
     const float *bias;     /* [n_units][H], or NULL: start from out (accumulate) */
@@ -38,6 +38,7 @@ typedef struct {
     int relu;
     int64_t prefetch_end; /* software-prefetch gathered rows for connections q < this (0: none) */
     int zero_init;        /* with bias NULL: start from zero instead of out (overwrite out) */
+    int64_t out_unit0;    /* the unit at the start of out (0; a block of units in scratch) */
 } sf_gather_args;
 
 typedef struct {
@@ -49,9 +50,13 @@ typedef struct {
     void (*params)(float *dW, float *db, const float *dy, const float *x,
                    const int64_t *indptr, const int32_t *indices, int64_t j0, int64_t j1,
                    int64_t c_in, int64_t c_out, int64_t B, int prefetch);
-    /* out[c][r] = in[r][c] for the rows [r0, r1) of an (rows x cols) matrix */
-    void (*transpose)(float *out, const float *in, int64_t rows, int64_t cols,
-                      int64_t r0, int64_t r1);
+    /* out[c * ld_out + r] = in[r * ld_in + c] for the rows [r0, r1) and columns [c0, c1) of
+     * in (ld_in = its number of columns for a whole matrix, ld_out its number of rows) */
+    void (*transpose)(float *out, int64_t ld_out, const float *in, int64_t ld_in,
+                      int64_t r0, int64_t r1, int64_t c0, int64_t c1);
+    /* the same for y > 0 ? dy : 0 (the backward of a ReLU with output y; y laid out as dy) */
+    void (*transpose_relu)(float *out, int64_t ld_out, const float *dy, const float *y,
+                           int64_t ld_in, int64_t r0, int64_t r1, int64_t c0, int64_t c1);
 } sf_kernel_table;
 
 extern const sf_kernel_table sf_kernels_generic;

@@ -64,4 +64,5 @@ const sf_kernel_table SF_CAT(sf_kernels, SF_VARIANT) = {
     SF_FN(gather),
     SF_FN(params),
     SF_FN(transpose),
+    SF_FN(transpose_relu),
 };

@@ -19,7 +19,7 @@ SF_INLINE void SF_FN(gather_tile)(const sf_gather_args *a, int64_t u, int64_t h0
     const float *W = a->W + h0 * wsh;
     const int64_t *slots = a->slots;
     const int32_t *rows = a->rows;
-    float *out = a->out + (u * H + h0) * B + b0;
+    float *out = a->out + ((u - a->out_unit0) * H + h0) * B + b0;
     vf acc[SF_OC > 1 ? SF_OC : 1][SF_TMAX];
 
     if (a->bias != NULL) {
@@ -153,9 +153,10 @@ SF_STATIC void SF_FN(gather_b1)(const sf_gather_args *a, int64_t u0, int64_t u1)
             for (; q < q1; ++q)
                 s0 += W[q * wslot] * in[rows[q]];
         }
-        const float init = a->bias != NULL ? a->bias[u] : (a->zero_init ? 0.0f : a->out[u]);
+        float *out = a->out + (u - a->out_unit0);
+        const float init = a->bias != NULL ? a->bias[u] : (a->zero_init ? 0.0f : *out);
         const float v = init + ((s0 + s1) + (s2 + s3));
-        a->out[u] = (a->relu && v < 0.0f) ? 0.0f : v; /* NaN propagates */
+        *out = (a->relu && v < 0.0f) ? 0.0f : v; /* NaN propagates */
     }
 }
 
@@ -173,7 +174,7 @@ SF_INLINE void SF_FN(b1h_block)(const sf_gather_args *a, int64_t u0, int64_t u1,
     const int32_t *rows = a->rows;
     const int64_t *slots = a->slots;
     for (int64_t u = u0; u < u1; ++u) {
-        float *out = a->out + u * H + h0;
+        float *out = a->out + (u - a->out_unit0) * H + h0;
         const float *init = a->bias != NULL ? a->bias + u * H + h0 : out;
         vf acc[4][4];
 #define SF_B1_W(w, v) ((v) < NV - 1 ? V_LOAD((w) + (v) * VL) : V_LOADN((w) + (v) * VL, nlast))
@@ -265,7 +266,7 @@ SF_STATIC void SF_FN(gather_b1h)(const sf_gather_args *a, int64_t u0, int64_t u1
     for (int64_t u = u0; u < u1; ++u) {
         for (int64_t h0 = 0; h0 < H; h0 += blk) {
             const int64_t nh = H - h0 < blk ? H - h0 : blk;
-            float *out = a->out + u * H + h0;
+            float *out = a->out + (u - a->out_unit0) * H + h0;
             const float *init = a->bias != NULL ? a->bias + u * H + h0 : out;
             float acc[4 * 16];
             for (int64_t h = 0; h < nh; ++h)

@@ -112,17 +112,19 @@ def forward(layer, xt, n, out=None):
 
 
 def backward(layer, xt, dyt, yt, n, grad_input=None, grad_weight=None, grad_bias=None,
-             need_input_grad=True, need_param_grad=True, overwrite_dyt=False):
+             need_input_grad=True, need_param_grad=True, overwrite_dyt=False, dz=False):
     """(input gradient or None, weight gradient or None, bias gradient or None). Gradients
     accumulate into the buffers given (zeros are allocated for those not given); a buffer of
-    ours is written, not accumulated into. ``overwrite_dyt``: a ReLU layer masks dyt in place."""
+    ours is written, not accumulated into. ``overwrite_dyt``: a ReLU layer masks dyt in place.
+    ``dz``: dyt is already the gradient before the activation (yt is not read)."""
     conn = layer.connectivity
     batch = xt.shape[2]
-    if layer.activation == "relu":
+    activation = None if dz else layer.activation
+    if activation == "relu":
         dzt = dyt if overwrite_dyt else empty_aligned(dyt.shape)
         _kernels.relu_backward(dzt.reshape(-1), dyt.reshape(-1), yt.reshape(-1), n)
         dyt = dzt
-    elif layer.activation == "maxmin":  # recompute the pre-activation: one more forward pass
+    elif activation == "maxmin":  # recompute the pre-activation: one more forward pass
         zt = empty_aligned(dyt.shape)
         linear(layer, zt, xt, n, relu=False)
         dyt = maxmin_backward(zt, dyt)
@@ -183,6 +185,58 @@ def maxmin_backward(zt, dyt):
     o[:, :, 0] = np.where(first, d[:, :, 0], d[:, :, 1])
     o[:, :, 1] = np.where(first, d[:, :, 1], d[:, :, 0])
     return out
+
+
+# -- one layer in NumPy's layout ---------------------------------------------------------------
+
+_LAYER_PLANS = weakref.WeakKeyDictionary()  # layer -> (arrays, form, plan)
+
+
+def layer_plan(layer):
+    """The layer as one C call that reads and writes NumPy's ``(batch, ...)`` layout (the
+    layout changes run inside the call, on its threads), or None for a GEMM or MaxMin layer.
+    Cached per layer and rebuilt when its arrays are replaced (as ``fused_plan``)."""
+    if uses_blas(layer) or layer.activation == "maxmin":
+        return None
+    conn = layer.connectivity
+    arrays = (layer.weight, layer.bias, conn.indptr, conn.indices)
+    form = (layer.activation, layer.c_in, layer.c_out)
+    hit = _LAYER_PLANS.get(layer)
+    if hit is not None and hit[1] == form and all(a is b for a, b in zip(hit[0], arrays)):
+        return hit[2]
+    plan = _kernels.NetworkPlan([(layer.weight, layer.bias, conn.indptr, conn.indices,
+                                  layer.n_in, layer.n_out, layer.c_in, layer.c_out,
+                                  layer.activation == "relu")])
+    _LAYER_PLANS[layer] = (arrays, form, plan)
+    return plan
+
+
+def forward_public(layer, x, n):
+    """The layer's output for x (batch, n_in[, c_in]): a new (batch, n_out * c_out) array."""
+    plan = layer_plan(layer)
+    if plan is None:
+        return from_feature_major(forward(layer, to_feature_major(x, n), n), n)
+    return plan.forward(x.reshape(-1), x.shape[0], n, batch_major=True)
+
+
+def backward_public(layer, x, dy, y, n, need_input_grad):
+    """``backward`` for arrays in NumPy's layout: x (batch, n_in[, c_in]), dy and y (batch,
+    n_out[, c_out]; y is read for ReLU only). Returns (input gradient shaped like x or None,
+    weight gradient, bias gradient), new arrays."""
+    batch = x.shape[0]
+    xt = to_feature_major(x, n)
+    if layer.activation == "relu":  # the ReLU's backward and the layout change in one pass
+        dzt = empty_aligned((layer.n_out, layer.c_out, batch))
+        _kernels.relu_backward_transpose(dzt.reshape(-1), dy.reshape(-1), y.reshape(-1), batch,
+                                         layer.n_out * layer.c_out, n)
+        gi, gw, gb = backward(layer, xt, dzt, None, n, need_input_grad=need_input_grad, dz=True)
+    else:
+        dyt = to_feature_major(dy.reshape(batch, layer.n_out, layer.c_out), n)
+        gi, gw, gb = backward(layer, xt, dyt, None, n, need_input_grad=need_input_grad,
+                              overwrite_dyt=True)
+    if gi is not None:
+        gi = from_feature_major(gi, n).reshape(x.shape)
+    return gi, gw, gb
 
 
 # -- a chain of layers -------------------------------------------------------------------------

@@ -25,6 +25,8 @@ cdef extern from "fanin.h" nogil:
                                   int64_t B, int n_threads)
     void sf_relu_backward(float *dz, const float *dy, const float *y, int64_t n, int n_threads)
     void sf_transpose(float *out, const float *inp, int64_t rows, int64_t cols, int n_threads)
+    void sf_relu_backward_transpose(float *dzt, const float *dy, const float *y, int64_t rows,
+                                    int64_t cols, int n_threads)
 
     ctypedef struct sf_chain_layer:
         const float *W
@@ -35,8 +37,9 @@ cdef extern from "fanin.h" nogil:
         int relu
     void sf_network_buffer_sizes(const sf_chain_layer *layers, int n_layers, int64_t B,
                                  int last_in_buffer, int64_t *even, int64_t *odd)
-    void sf_network_forward(float *out, const float *x, const sf_chain_layer *layers, int n_layers,
-                            int64_t B, float *even, float *odd, int n_threads)
+    int sf_network_forward(float *out, const float *x, const sf_chain_layer *layers, int n_layers,
+                           int64_t B, float *even, float *odd, int batch_major_out,
+                           int n_threads)
 
 
 cdef extern from "certify.h" nogil:
@@ -74,3 +77,8 @@ cdef extern from "int8.h" nogil:
     void sf_i8_network_forward(float *out, const float *x, const sf_i8_layer *layers,
                                int n_layers, float in_inv_scale, int64_t B, void *scratch,
                                int n_threads)
+
+cdef extern from "pool.h" nogil:
+    enum: SF_SPIN_WAIT, SF_SPIN_IDLE
+    int sf_pool_spin_us(int which, int us)
+    const char *sf_pool_backend()

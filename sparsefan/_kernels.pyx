@@ -11,8 +11,10 @@ import numpy as np
 from sparsefan._fanin cimport (
     sf_openmp_enabled, sf_openmp_max_threads, SF_PARALLEL_MIN_WORK, SF_CPU_N_VARIANTS, sf_cpu_variant, sf_cpu_variant_name,
     sf_cpu_variant_supported, sf_set_cpu_variant, sf_fanin_forward, sf_fanin_backward_input,
-    sf_fanin_backward_params, sf_relu_backward, sf_transpose, sf_chain_layer, sf_network_buffer_sizes,
-    sf_network_forward, sf_certify_mean_logits,
+    sf_fanin_backward_params, sf_relu_backward, sf_transpose, sf_relu_backward_transpose,
+    sf_chain_layer, sf_network_buffer_sizes,
+    sf_network_forward, sf_certify_mean_logits, sf_pool_spin_us, sf_pool_backend,
+    SF_SPIN_WAIT, SF_SPIN_IDLE,
 )
 from libc.stdlib cimport malloc, free
 
@@ -27,6 +29,24 @@ def openmp_enabled():
 
 def openmp_max_threads():
     return sf_openmp_max_threads()
+
+
+def thread_backend():
+    """Where the kernels' threads come from: "pthreads" (sparsefan's own pool, csrc/pool.c),
+    "openmp" (systems without POSIX threads) or "none" (a single-threaded build)."""
+    return sf_pool_backend().decode()
+
+
+def spin_microseconds(us=None, idle=False):
+    """How long a kernel thread spins before it sleeps, waiting for work inside a call or, with
+    ``idle``, for the next call (benchmarks; not thread-safe): returns the current value, and
+    sets it to ``us`` when given."""
+    which = SF_SPIN_IDLE if idle else SF_SPIN_WAIT
+    if us is None:
+        return sf_pool_spin_us(which, -1)
+    if us < 0 or us > 1000000:
+        raise ValueError(f"spin time must be within 0 .. 1000000 microseconds, got {us}")
+    return sf_pool_spin_us(which, us)
 
 
 # -- CPU variants ---------------------------------------------------------------------------------
@@ -145,6 +165,15 @@ def transpose(float[::1] out, const float[::1] inp, int64_t rows, int64_t cols, 
         sf_transpose(&out[0], &inp[0], rows, cols, n_threads)
 
 
+def relu_backward_transpose(float[::1] dzt, const float[::1] dy, const float[::1] y,
+                            int64_t rows, int64_t cols, int n_threads):
+    """dzt (cols, rows) = where(y > 0, dy, 0).T for (rows, cols) dy and y."""
+    if dzt.shape[0] == 0:
+        return
+    with nogil:
+        sf_relu_backward_transpose(&dzt[0], &dy[0], &y[0], rows, cols, n_threads)
+
+
 # Scratch buffers up to this size are kept by a NetworkPlan for its next call.
 SPARE_SCRATCH_BYTES = 2**20
 
@@ -161,7 +190,7 @@ cdef class NetworkPlan:
     cdef int n_layers
     cdef object spare  # a small scratch buffer kept between calls (fresh pages cost page faults)
     cdef readonly tuple arrays
-    cdef readonly int64_t n_in, n_out, c_out
+    cdef readonly int64_t n_in, c_in, n_out, c_out
 
     def __cinit__(self, specs):
         specs = list(specs)
@@ -191,21 +220,26 @@ cdef class NetworkPlan:
             keep.extend((w_, b_, ptr_, idx_))
         self.arrays = tuple(keep)
         self.n_in = specs[0][4]
+        self.c_in = specs[0][6]
         self.n_out = specs[len(specs) - 1][5]
         self.c_out = specs[len(specs) - 1][7]
 
     def __dealloc__(self):
         free(self.layers)
 
-    def forward(self, const float[::1] x, int64_t batch, int n_threads, out=None):
-        """The layers on x (batch * n_in,), a row-major batch: the last layer's output
-        (n_out * c_out * batch,), written into ``out`` if given, else returned.
+    def forward(self, const float[::1] x, int64_t batch, int n_threads, out=None,
+                bint batch_major=False):
+        """The layers on x (batch * n_in * c_in,), a row-major batch: the last layer's output
+        (n_out * c_out * batch,) -- or with ``batch_major`` (batch * n_out * c_out,), NumPy's
+        layout --, written into ``out`` if given, else returned.
 
         Small activation buffers are kept for the next call (fresh pages cost page faults at
         batch 1). Large ones are allocated per call, and without ``out`` the last layer writes
         into the buffer its input no longer needs, so that a forward pass holds two activation
         buffers, not three; the result is then a view of that buffer, or a copy of it when the
-        buffer is much larger than the result.
+        buffer is much larger than the result. A batch-major result is always a new array (or
+        ``out``); the last layer then needs no buffer of its own (it goes through small
+        scratch blocks in C).
         """
         cdef int64_t n_even = 0, n_odd = 0
         cdef int64_t n_z = self.n_out * self.c_out * batch
@@ -217,11 +251,14 @@ cdef class NetworkPlan:
         cdef float *pe = NULL
         cdef float *po = NULL
         cdef int64_t n_even16
-        if x.shape[0] != self.n_in * batch:
-            raise ValueError(f"x must hold {self.n_in * batch} floats, got {x.shape[0]}")
+        cdef int major = 1 if batch_major else 0
+        cdef int rc = 0
+        if x.shape[0] != self.n_in * self.c_in * batch:
+            raise ValueError(f"x must hold {self.n_in * self.c_in * batch} floats, got "
+                             f"{x.shape[0]}")
         sf_network_buffer_sizes(self.layers, self.n_layers, batch, 0, &n_even, &n_odd)
         small = (n_even + n_odd + 32) * 4 <= SPARE_SCRATCH_BYTES
-        if out is None and small:
+        if out is None and (small or batch_major):
             out = np.empty(n_z, dtype=np.float32)
         if batch == 0 or n_z == 0:
             return out if out is not None else np.empty(0, dtype=np.float32)
@@ -235,7 +272,7 @@ cdef class NetworkPlan:
             pe = &kept[0]
             po = pe + n_even16
         else:
-            if out is None:
+            if out is None:  # (never with batch_major: out was allocated above)
                 sf_network_buffer_sizes(self.layers, self.n_layers, batch, 1, &n_even, &n_odd)
             even, odd = _aligned(n_even + 1), _aligned(n_odd + 1)
             pe, po = &even[0], &odd[0]
@@ -245,9 +282,13 @@ cdef class NetworkPlan:
                 raise ValueError(f"out must hold {n_z} floats, got {z.shape[0]}")
             zp = &z[0]
         with nogil:
-            sf_network_forward(zp, &x[0], self.layers, self.n_layers, batch, pe, po, n_threads)
+            rc = sf_network_forward(zp, &x[0], self.layers, self.n_layers, batch, pe, po, major,
+                                    n_threads)
         if small:
             self.spare = buf
+        if rc != 0:
+            raise MemoryError("no memory for the layout change's scratch blocks")
+        if small:
             return out
         if out is not None:
             return out

@@ -29,7 +29,6 @@ from sparsefan import _engine
 from sparsefan._threads import resolve_n_threads
 from sparsefan._validation import check_array, check_int, check_no_overlap, check_writable
 from sparsefan.connectivity import Connectivity
-from sparsefan.layout import from_feature_major, to_feature_major
 
 ACTIVATIONS = (None, "relu", "maxmin")
 
@@ -232,9 +231,8 @@ class FanIn:
         propagate by IEEE rules to every unit that reads them (ReLU keeps NaN).
         """
         x = self._check_x(x, "x", check_finite)
-        n = self._threads(n_threads)
-        yt = self.forward_fm(to_feature_major(x, n), n_threads=n, check_finite=False)
-        return from_feature_major(yt, n_threads=n).reshape(self._y_shape(x))
+        return _engine.forward_public(self, x, self._threads(n_threads)).reshape(
+            self._y_shape(x))
 
     def backward(self, x: np.ndarray, dy: np.ndarray, y: np.ndarray | None = None,
                  need_input_grad: bool = True, n_threads: int | None = None,
@@ -252,16 +250,8 @@ class FanIn:
             if y is None:
                 raise ValueError("y (the forward output) is required for a ReLU layer's backward")
             check_array(y, "y", np.float32, shape=y_shape)
-        n = self._threads(n_threads)
-        xt = to_feature_major(x, n)
-        dyt = to_feature_major(dy.reshape(x.shape[0], self.n_out, self.c_out), n)
-        yt = None if y is None else to_feature_major(y.reshape(dyt.shape[2], *dyt.shape[:2]), n)
-        g = self.backward_fm(xt, dyt, yt, need_input_grad=need_input_grad, n_threads=n,
-                             check_finite=False)
-        dx = None
-        if need_input_grad:
-            dx = from_feature_major(cast(np.ndarray, g.input), n_threads=n).reshape(x.shape)
-        return Gradients(dx, g.weight, g.bias)
+        return Gradients(*_engine.backward_public(self, x, dy, y, self._threads(n_threads),
+                                                  need_input_grad))
 
     # -- kernel layout -------------------------------------------------------------------------
 

@@ -163,6 +163,25 @@ def test_transpose_every_block_remainder(variant, rng):
         assert np.array_equal(sf.from_feature_major(xt, squeeze_channels=True), a)
 
 
+def test_relu_backward_transpose_every_block_remainder(variant, rng):
+    # the public backward of a ReLU layer masks and transposes dy in one pass, y > 0 ? dy : 0:
+    # bit for bit the feature-major path's mask (NaN in y gives 0, dy's NaN and -0.0 pass)
+    for rows, cols in ((1, 1), (7, 9), (8, 8), (33, 65), (64, 31), (100, 257), (600, 500)):
+        dy = rng.standard_normal((rows, cols)).astype(np.float32)
+        y = rng.standard_normal((rows, cols)).astype(np.float32)
+        y.flat[::7], y.flat[::11], dy.flat[::13], dy.flat[::17] = 0.0, np.nan, np.nan, -0.0
+        want = np.empty((cols, rows), np.float32)
+        _kernels.relu_backward(want.reshape(-1), np.ascontiguousarray(dy.T).reshape(-1),
+                               np.ascontiguousarray(y.T).reshape(-1), 1)
+        assert np.array_equal(want.view(np.uint32), np.where(y > 0, dy, np.float32(0)).T.view(
+            np.uint32))
+        for n in (1, 2, 3):  # 600 x 500 is split across the threads
+            got = np.full((cols, rows), 7.0, np.float32)
+            _kernels.relu_backward_transpose(got.reshape(-1), dy.reshape(-1), y.reshape(-1),
+                                             rows, cols, n)
+            assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
 def test_variant_names_and_setter():
     assert _kernels.CPU_VARIANTS == ("generic", "avx2", "avx512")
     assert _kernels.cpu_variant() in VARIANTS
