@@ -2,20 +2,18 @@
  * sparsefan: int8 inference -- the entry points of int8.h: weight packing, the scratch plan,
  * threading and the choice of the kernel variant (int8_generic.c, int8_avx2.c).
  *
- * Threads split each layer's units into ranges of about equal packed size; each output element
- * is computed by one thread, in integers, then by the same float operations whatever the
- * split: results are bit-identical for any n_threads.
+ * Threads (csrc/pool.h) split each layer's units into ranges of about equal packed size; each
+ * output element is computed by one thread, in integers, then by the same float operations
+ * whatever the split: results are bit-identical for any n_threads.
  */
 #include "int8.h"
 #include "int8_kernels.h"
 
 #include "fanin.h" /* sf_cpu_variant: the int8 variant follows the float kernels' */
 
-#include <stddef.h>
+#include "pool.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include <stddef.h>
 
 SF_I8_NO_CONTRACT
 
@@ -169,74 +167,108 @@ static int64_t split(const sf_i8_layer *L, int64_t c, int64_t n)
     return lo;
 }
 
+/* Units per layer chunk: a thread claims chunks in order (csrc/pool.h), so the share of a thread
+ * the OS has not scheduled is taken by the others. */
+static int64_t n_chunks_of(const sf_i8_layer *L, int nt)
+{
+    const int64_t n = nt > 1 ? (int64_t)nt * SF_I8_CHUNKS_PER_THREAD : 1;
+    return n > L->n_out ? (L->n_out > 0 ? L->n_out : 1) : n;
+}
+
+/* One call as a list of items, block by block of up to p.E examples: item 0 of a block quantizes
+ * its input, then come the chunks of layer 0, layer 1, ... An item waits for the items whose
+ * outputs it reads (all of the previous stage); a block's first item waits for the whole
+ * previous block, whose buffers it overwrites. */
+typedef struct {
+    const sf_i8_kernel_table *k;
+    const sf_i8_layer *layers;
+    int n_layers;
+    int nt;            /* threads the chunks are sized for */
+    float *out;
+    const float *x;
+    float in_inv_scale;
+    int64_t B;
+    i8_plan p;
+    int8_t *buf[2];
+    int8_t *gather;
+    int64_t per_block; /* items per block */
+    int negative;      /* the current block's quantized input has negative values */
+} i8_job;
+
+static void i8_quantize_block(i8_job *j, int64_t b0, int64_t E)
+{
+    const int64_t n_in = j->layers[0].n_in;
+    int negative = 0;
+    for (int64_t e = 0; e < E; ++e) {
+        int8_t *a = j->buf[0] + e * j->p.act;
+        j->k->quantize(a, j->x + (b0 + e) * n_in, n_in, j->in_inv_scale);
+        int8_t lowest = 0;
+        for (int64_t i = 0; i < n_in; ++i)
+            lowest = a[i] < lowest ? a[i] : lowest;
+        negative |= lowest < 0;
+    }
+    j->negative = negative;
+}
+
+static void i8_item(void *ctx, int64_t item, sf_team *team)
+{
+    i8_job *j = ctx;
+    const int64_t block = item / j->per_block, base = block * j->per_block;
+    const int64_t b0 = block * j->p.E, E = j->B - b0 < j->p.E ? j->B - b0 : j->p.E;
+    int64_t r = item - base;
+    if (r == 0) {
+        if (block > 0)
+            sf_team_wait(team, base - j->per_block, base - 1);
+        i8_quantize_block(j, b0, E);
+        return;
+    }
+    r -= 1;
+    int64_t prev = base, prev_n = 1; /* the items of the previous stage */
+    for (int l = 0; l < j->n_layers; ++l) {
+        const sf_i8_layer *L = &j->layers[l];
+        const int64_t n = n_chunks_of(L, j->nt);
+        if (r >= n) {
+            r -= n;
+            prev += prev_n;
+            prev_n = n;
+            continue;
+        }
+        sf_team_wait(team, prev, prev + prev_n - 1);
+        sf_i8_io io;
+        io.x = j->buf[l % 2];
+        io.x_stride = j->p.act;
+        io.yq = l + 1 == j->n_layers ? NULL : j->buf[(l + 1) % 2];
+        io.yq_stride = j->p.act;
+        io.yf = j->out + b0;
+        io.yf_stride = j->B;
+        io.E = E;
+        io.xg = j->gather + (int64_t)sf_team_thread() * j->p.gslot;
+        io.signed_x = l == 0 ? j->negative : !j->layers[l - 1].relu;
+        j->k->units(L, &io, split(L, r, n), split(L, r + 1, n));
+        return;
+    }
+}
+
 void sf_i8_network_forward(float *out, const float *x, const sf_i8_layer *layers, int n_layers,
                            float in_inv_scale, int64_t B, void *scratch, int n_threads)
 {
     if (n_layers <= 0 || B <= 0)
         return;
-    const sf_i8_kernel_table *k = kernels();
-    const i8_plan p = plan_scratch(layers, n_layers, B, n_threads);
+    i8_job j = {.k = kernels(), .layers = layers, .n_layers = n_layers, .out = out, .x = x,
+                .in_inv_scale = in_inv_scale, .B = B,
+                .p = plan_scratch(layers, n_layers, B, n_threads)};
     unsigned char *base = (unsigned char *)scratch;
     base += (64 - (uintptr_t)base % 64) % 64;
-    int8_t *buf[2];
-    buf[0] = (int8_t *)(void *)base;
-    buf[1] = buf[0] + p.E * p.act;
-    int8_t *gather = buf[1] + p.E * p.act;
-    const int64_t n_in = layers[0].n_in;
+    j.buf[0] = (int8_t *)(void *)base;
+    j.buf[1] = j.buf[0] + j.p.E * j.p.act;
+    j.gather = j.buf[1] + j.p.E * j.p.act;
     int64_t work = 0;
     for (int l = 0; l < n_layers; ++l)
-        work += (layers[l].wofs[layers[l].n_out] + SF_I8_UNIT_COST * layers[l].n_out) * p.E;
-    const int par = n_threads > 1 && work >= SF_I8_PARALLEL_MIN_BYTES;
-    (void)par;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(n_threads) if (par)
-#endif
-    {
-#ifdef _OPENMP
-        const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-        const int tid = 0, nt = 1;
-#endif
-        int8_t *xg = gather + (int64_t)tid * p.gslot;
-        for (int64_t b0 = 0; b0 < B; b0 += p.E) {
-            const int64_t E = B - b0 < p.E ? B - b0 : p.E;
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-            for (int64_t e = 0; e < E; ++e)
-                k->quantize(buf[0] + e * p.act, x + (b0 + e) * n_in, n_in, in_inv_scale);
-            /* negative inputs? (every thread looks, after the barrier: no shared flag) */
-            int negative = 0;
-            for (int64_t e = 0; e < E; ++e) {
-                const int8_t *a = buf[0] + e * p.act;
-                int8_t lowest = 0;
-                for (int64_t i = 0; i < n_in; ++i)
-                    lowest = a[i] < lowest ? a[i] : lowest;
-                negative |= lowest < 0;
-            }
-            for (int l = 0; l < n_layers; ++l) {
-                const sf_i8_layer *L = &layers[l];
-                const int last = l + 1 == n_layers;
-                sf_i8_io io;
-                io.x = buf[l % 2];
-                io.x_stride = p.act;
-                io.yq = last ? NULL : buf[(l + 1) % 2];
-                io.yq_stride = p.act;
-                io.yf = out + b0;
-                io.yf_stride = B;
-                io.E = E;
-                io.xg = xg;
-                io.signed_x = l == 0 ? negative : !layers[l - 1].relu;
-                int64_t n_chunks = nt > 1 ? (int64_t)nt * SF_I8_CHUNKS_PER_THREAD : 1;
-                if (n_chunks > L->n_out)
-                    n_chunks = L->n_out > 0 ? L->n_out : 1;
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-                for (int64_t c = 0; c < n_chunks; ++c)
-                    k->units(L, &io, split(L, c, n_chunks), split(L, c + 1, n_chunks));
-                /* implicit barrier: the next layer reads this one's outputs */
-            }
-        }
-    }
+        work += (layers[l].wofs[layers[l].n_out] + SF_I8_UNIT_COST * layers[l].n_out) * j.p.E;
+    j.nt = n_threads > 1 && work >= SF_I8_PARALLEL_MIN_BYTES ? n_threads : 1;
+    j.per_block = 1;
+    for (int l = 0; l < n_layers; ++l)
+        j.per_block += n_chunks_of(&layers[l], j.nt);
+    const int64_t n_blocks = (B + j.p.E - 1) / j.p.E;
+    sf_run(j.nt, n_blocks * j.per_block, i8_item, &j);
 }
