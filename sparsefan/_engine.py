@@ -187,6 +187,105 @@ def maxmin_backward(zt, dyt):
     return out
 
 
+# -- fused plans and their scratch ----------------------------------------------------------------
+
+# Scratch buffers up to this size are kept by a plan for its next call (fresh pages cost page
+# faults at batch 1); larger ones are allocated per call and released with it.
+SPARE_SCRATCH_BYTES = 2**20
+
+
+class FusedPlan:
+    """A chain of layers as one C call (``_kernels.NetworkPlan``) and its scratch policy.
+
+    ``specs``: per layer ``(W, b, indptr, indices, n_in, n_out, c_in, c_out, relu)``, validated
+    C-contiguous arrays (the plan points into them: in-place updates are seen, replaced arrays
+    are not -- ``arrays`` lets the caches below tell)."""
+
+    __slots__ = ("_c", "_n_layers", "_spare", "__weakref__")
+
+    def __init__(self, specs):
+        specs = list(specs)
+        self._c = _kernels.NetworkPlan(specs)
+        self._n_layers = len(specs)
+        self._spare = None  # a small scratch buffer kept between calls
+
+    @property
+    def arrays(self):
+        return self._c.arrays
+
+    def forward(self, x, batch, n_threads, out=None, batch_major=False):
+        """The layers on x (batch * n_in * c_in,), a row-major batch: the last layer's output
+        (n_out * c_out * batch,) -- or with ``batch_major`` (batch * n_out * c_out,), NumPy's
+        layout --, written into ``out`` if given, else returned.
+
+        Small activation buffers are kept for the next call. Large ones are allocated per call,
+        and without ``out`` the last layer writes into the buffer its input no longer needs, so
+        that a forward pass holds two activation buffers, not three; the result is then a view
+        of that buffer, or a copy of it when the buffer is much larger than the result. A
+        batch-major result is always a new array (or ``out``); the last layer then needs no
+        buffer of its own (it goes through small scratch blocks in C)."""
+        c = self._c
+        n_z = c.n_out * c.c_out * batch
+        n_even, n_odd = c.buffer_sizes(batch, False)
+        small = (n_even + n_odd + 32) * 4 <= SPARE_SCRATCH_BYTES
+        if out is None and (small or batch_major):
+            out = np.empty(n_z, dtype=np.float32)
+        if batch == 0 or n_z == 0:
+            return out if out is not None else np.empty(0, dtype=np.float32)
+        if small:
+            # take the kept buffer (under the GIL, so a concurrent call cannot share it)
+            buf, self._spare = self._spare, None
+            if buf is None or buf.shape[0] < n_even + n_odd + 32:
+                buf = empty_aligned(n_even + n_odd + 32)
+            try:
+                c.run(x, batch, n_threads, out, buf, buf[(n_even + 15) // 16 * 16:], batch_major)
+            finally:
+                self._spare = buf
+            return out
+        if out is None:  # (never with batch_major: out was allocated above)
+            n_even, n_odd = c.buffer_sizes(batch, True)
+        even, odd = empty_aligned(n_even + 1), empty_aligned(n_odd + 1)
+        c.run(x, batch, n_threads, out, even, odd, batch_major)
+        if out is not None:
+            return out
+        last = odd if self._n_layers % 2 == 0 else even
+        even = odd = None  # release the other buffer before a copy
+        result = last[:n_z]
+        return result.copy() if last.shape[0] > 1.25 * n_z else result
+
+
+class Int8FusedPlan:
+    """The int8 layers of a quantized network as one C call (``_kernels.Int8Plan``: weights
+    repacked once) and its scratch policy (as :class:`FusedPlan`)."""
+
+    __slots__ = ("_c", "_spare", "__weakref__")
+
+    def __init__(self, specs, in_inv_scale, layouts=None):
+        self._c = _kernels.Int8Plan(specs, in_inv_scale, layouts)
+        self._spare = None
+
+    n_out = property(lambda self: self._c.n_out)
+    c_out = property(lambda self: self._c.c_out)
+    layouts = property(lambda self: self._c.layouts, doc="per layer: 'wide' or 'dot'")
+    packed_bytes = property(lambda self: self._c.packed_bytes)
+
+    def forward(self, x, batch, n_threads, out):
+        """The layers on x (batch * n_in,), a row-major float32 batch: the last layer's float
+        outputs written into out (n_out * c_out * batch,), [unit][channel][example]."""
+        if batch == 0:
+            return out
+        need = self._c.scratch_bytes(batch, n_threads)
+        buf, self._spare = self._spare, None
+        if buf is None or buf.shape[0] < need:
+            buf = np.empty(need, dtype=np.uint8)
+        try:
+            self._c.run(x, batch, n_threads, out, buf)
+        finally:
+            if need <= SPARE_SCRATCH_BYTES:
+                self._spare = buf
+        return out
+
+
 # -- one layer in NumPy's layout ---------------------------------------------------------------
 
 _LAYER_PLANS = weakref.WeakKeyDictionary()  # layer -> (arrays, form, plan)
@@ -204,9 +303,9 @@ def layer_plan(layer):
     hit = _LAYER_PLANS.get(layer)
     if hit is not None and hit[1] == form and all(a is b for a, b in zip(hit[0], arrays)):
         return hit[2]
-    plan = _kernels.NetworkPlan([(layer.weight, layer.bias, conn.indptr, conn.indices,
-                                  layer.n_in, layer.n_out, layer.c_in, layer.c_out,
-                                  layer.activation == "relu")])
+    plan = FusedPlan([(layer.weight, layer.bias, conn.indptr, conn.indices,
+                       layer.n_in, layer.n_out, layer.c_in, layer.c_out,
+                       layer.activation == "relu")])
     _LAYER_PLANS[layer] = (arrays, form, plan)
     return plan
 
@@ -288,7 +387,7 @@ def fused_plan(network):
             and all(a is b for a, b in zip(hit[0][0], arrays))):
         return hit[1]
     network._check_chain(layers)
-    plan = _kernels.NetworkPlan([
+    plan = FusedPlan([
         (layer.weight, layer.bias, layer.connectivity.indptr, layer.connectivity.indices,
          layer.n_in, layer.n_out, layer.c_in, layer.c_out, layer.activation == "relu")
         for layer in layers])
@@ -344,7 +443,7 @@ def linear_weight_grad(conn, c_in, c_out, xt, dyt, n):
 
 # -- int8 inference ----------------------------------------------------------------------------
 
-_INT8_PLANS = weakref.WeakKeyDictionary()  # QuantizedNetwork -> Int8Plan
+_INT8_PLANS = weakref.WeakKeyDictionary()  # QuantizedNetwork -> Int8FusedPlan
 
 
 def int8_variant():
@@ -358,7 +457,7 @@ def int8_plan(qnet, layouts=None):
     forces each layer's packed layout ("wide" / "dot"; tests): a fresh plan, not cached."""
     plan = _INT8_PLANS.get(qnet) if layouts is None else None
     if plan is None:
-        plan = _kernels.Int8Plan([
+        plan = Int8FusedPlan([
             (l.qweight, l.multiplier, l.bias, l.connectivity.indptr, l.connectivity.indices,
              l.n_in, l.n_out, l.c_in, l.c_out, l.activation == "relu", l.out_inv_scale)
             for l in qnet.layers], qnet.in_inv_scale, layouts)

@@ -174,21 +174,17 @@ def relu_backward_transpose(float[::1] dzt, const float[::1] dy, const float[::1
         sf_relu_backward_transpose(&dzt[0], &dy[0], &y[0], rows, cols, n_threads)
 
 
-# Scratch buffers up to this size are kept by a NetworkPlan for its next call.
-SPARE_SCRATCH_BYTES = 2**20
-
-
 cdef class NetworkPlan:
     """The layers of a network as one C call (sf_network_forward).
 
     Built from a list of ``(W, b, indptr, indices, n_in, n_out, c_in, c_out, relu)`` with W, b
     float32 and indptr int64 / indices int32, all C-contiguous (validated by the caller). The plan
     holds the arrays, so the pointers it keeps stay valid; ``arrays`` lists them, so that the
-    caller can tell when a layer's parameters were replaced.
+    caller can tell when a layer's parameters were replaced. Buffers are the caller's
+    (``sparsefan._engine.FusedPlan`` decides which to keep between calls).
     """
     cdef sf_chain_layer *layers
     cdef int n_layers
-    cdef object spare  # a small scratch buffer kept between calls (fresh pages cost page faults)
     cdef readonly tuple arrays
     cdef readonly int64_t n_in, c_in, n_out, c_out
 
@@ -227,82 +223,37 @@ cdef class NetworkPlan:
     def __dealloc__(self):
         free(self.layers)
 
-    def forward(self, const float[::1] x, int64_t batch, int n_threads, out=None,
-                bint batch_major=False):
-        """The layers on x (batch * n_in * c_in,), a row-major batch: the last layer's output
-        (n_out * c_out * batch,) -- or with ``batch_major`` (batch * n_out * c_out,), NumPy's
-        layout --, written into ``out`` if given, else returned.
-
-        Small activation buffers are kept for the next call (fresh pages cost page faults at
-        batch 1). Large ones are allocated per call, and without ``out`` the last layer writes
-        into the buffer its input no longer needs, so that a forward pass holds two activation
-        buffers, not three; the result is then a view of that buffer, or a copy of it when the
-        buffer is much larger than the result. A batch-major result is always a new array (or
-        ``out``); the last layer then needs no buffer of its own (it goes through small
-        scratch blocks in C).
-        """
+    def buffer_sizes(self, int64_t batch, bint last_in_buffer):
+        """(even, odd): the floats of the two activation buffers that ``run`` needs (fanin.h)."""
         cdef int64_t n_even = 0, n_odd = 0
-        cdef int64_t n_z = self.n_out * self.c_out * batch
-        cdef float[::1] even
-        cdef float[::1] odd
-        cdef float[::1] kept
+        sf_network_buffer_sizes(self.layers, self.n_layers, batch, 1 if last_in_buffer else 0,
+                                &n_even, &n_odd)
+        return n_even, n_odd
+
+    def run(self, const float[::1] x, int64_t batch, int n_threads, out, float[::1] even,
+            float[::1] odd, bint batch_major):
+        """sf_network_forward on x (batch * n_in * c_in,) with the given activation buffers
+        (sized by ``buffer_sizes(batch, out is None)``, 64-byte aligned). ``out``: the last
+        layer's (n_out * c_out * batch,) -- (batch * n_out * c_out,) with ``batch_major`` --, or
+        None to leave it at the start of its own parity buffer. batch >= 1."""
         cdef float[::1] z
         cdef float *zp = NULL
-        cdef float *pe = NULL
-        cdef float *po = NULL
-        cdef int64_t n_even16
+        cdef int64_t n_z = self.n_out * self.c_out * batch
         cdef int major = 1 if batch_major else 0
-        cdef int rc = 0
+        cdef int rc
         if x.shape[0] != self.n_in * self.c_in * batch:
             raise ValueError(f"x must hold {self.n_in * self.c_in * batch} floats, got "
                              f"{x.shape[0]}")
-        sf_network_buffer_sizes(self.layers, self.n_layers, batch, 0, &n_even, &n_odd)
-        small = (n_even + n_odd + 32) * 4 <= SPARE_SCRATCH_BYTES
-        if out is None and (small or batch_major):
-            out = np.empty(n_z, dtype=np.float32)
-        if batch == 0 or n_z == 0:
-            return out if out is not None else np.empty(0, dtype=np.float32)
-        if small:
-            # take the kept buffer (under the GIL, so a concurrent call cannot share it)
-            buf, self.spare = self.spare, None
-            if buf is None or buf.shape[0] < n_even + n_odd + 32:
-                buf = _aligned(n_even + n_odd + 32)
-            kept = buf
-            n_even16 = (n_even + 15) // 16 * 16  # keep odd 64-byte aligned too
-            pe = &kept[0]
-            po = pe + n_even16
-        else:
-            if out is None:  # (never with batch_major: out was allocated above)
-                sf_network_buffer_sizes(self.layers, self.n_layers, batch, 1, &n_even, &n_odd)
-            even, odd = _aligned(n_even + 1), _aligned(n_odd + 1)
-            pe, po = &even[0], &odd[0]
         if out is not None:
             z = out
             if z.shape[0] != n_z:
                 raise ValueError(f"out must hold {n_z} floats, got {z.shape[0]}")
             zp = &z[0]
         with nogil:
-            rc = sf_network_forward(zp, &x[0], self.layers, self.n_layers, batch, pe, po, major,
-                                    n_threads)
-        if small:
-            self.spare = buf
+            rc = sf_network_forward(zp, &x[0], self.layers, self.n_layers, batch, &even[0],
+                                    &odd[0], major, n_threads)
         if rc != 0:
             raise MemoryError("no memory for the layout change's scratch blocks")
-        if small:
-            return out
-        if out is not None:
-            return out
-        last = np.asarray(odd if self.n_layers % 2 == 0 else even)
-        even = odd = None  # release the other buffer before a copy
-        result = last[:n_z]
-        return result.copy() if last.shape[0] > 1.25 * n_z else result
-
-
-def _aligned(int64_t n):
-    """A float32 array of n elements starting on a 64-byte boundary."""
-    buf = np.empty(n + 16, dtype=np.float32)
-    offset = (-buf.ctypes.data % 64) // 4
-    return buf[offset:offset + n]
 
 
 def mean_units(const float[:, ::1] Z, double[::1] out):
@@ -365,7 +316,6 @@ cdef class Int8Plan:
     cdef sf_i8_layer *layers
     cdef int n_layers
     cdef float in_inv_scale
-    cdef object spare
     cdef readonly tuple arrays
     cdef readonly tuple layouts
     cdef readonly int64_t packed_bytes, n_in, n_out, c_out
@@ -443,26 +393,22 @@ cdef class Int8Plan:
     def __dealloc__(self):
         free(self.layers)
 
-    def forward(self, const float[::1] x, int64_t batch, int n_threads, float[::1] out):
+    def scratch_bytes(self, int64_t batch, int n_threads):
+        """The bytes of scratch ``run`` needs for ``batch`` examples on ``n_threads``."""
+        return sf_i8_scratch_bytes(self.layers, self.n_layers, batch, n_threads)
+
+    def run(self, const float[::1] x, int64_t batch, int n_threads, float[::1] out,
+            unsigned char[::1] scratch):
         """The layers on x (batch * n_in,), a row-major float32 batch: the last layer's
-        float outputs written into out (n_out * c_out * batch,), [unit][channel][example]."""
-        cdef unsigned char[::1] buf
+        float outputs written into out (n_out * c_out * batch,), [unit][channel][example].
+        ``scratch``: at least ``scratch_bytes(batch, n_threads)`` bytes. batch >= 1."""
         if x.shape[0] != self.n_in * batch:
             raise ValueError(f"x must hold {self.n_in * batch} floats, got {x.shape[0]}")
         if out.shape[0] != self.n_out * self.c_out * batch:
             raise ValueError(f"out must hold {self.n_out * self.c_out * batch} floats, got "
                              f"{out.shape[0]}")
-        if batch == 0:
-            return out
-        need = sf_i8_scratch_bytes(self.layers, self.n_layers, batch, n_threads)
-        # take the kept buffer (under the GIL, so a concurrent call cannot share it)
-        kept, self.spare = self.spare, None
-        if kept is None or kept.shape[0] < need:
-            kept = np.empty(need, dtype=np.uint8)
-        buf = kept
+        if scratch.shape[0] < sf_i8_scratch_bytes(self.layers, self.n_layers, batch, n_threads):
+            raise ValueError("scratch is too small")
         with nogil:
             sf_i8_network_forward(&out[0], &x[0], self.layers, self.n_layers,
-                                  self.in_inv_scale, batch, &buf[0], n_threads)
-        if need <= SPARE_SCRATCH_BYTES:
-            self.spare = kept
-        return out
+                                  self.in_inv_scale, batch, &scratch[0], n_threads)

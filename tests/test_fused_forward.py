@@ -7,7 +7,7 @@ import pytest
 
 import sparsefan as sf
 from sparsefan import _engine
-from sparsefan import _kernels, reference
+from sparsefan import reference
 from sparsefan.layers import FanIn
 from sparsefan.network import Network
 
@@ -61,7 +61,7 @@ def test_fused_forward_rejects_a_mismatched_layer_list(rng):
 def test_fused_forward_without_kept_buffer(monkeypatch, n_layers, batch, rng):
     # the path of large batches (fresh buffers, Z left in the last layer's own parity buffer)
     # at every layer-count parity; the suite only runs it for a 3-layer network
-    monkeypatch.setattr(_kernels, "SPARE_SCRATCH_BYTES", 0)
+    monkeypatch.setattr(_engine, "SPARE_SCRATCH_BYTES", 0)
     net = _chain((30, 7, 40, 9)[:n_layers], (2, 3, 1, 4)[:n_layers - 1] + (3,))
     x = rng.random((batch, 36), dtype=np.float32)
     z = net.unit_logits(x)
