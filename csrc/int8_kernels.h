@@ -2,7 +2,7 @@
  * sparsefan: the per-CPU int8 kernel variants behind csrc/int8.c (internal header).
  *
  * A variant computes whole units of one layer for a few examples; int8.c splits the units
- * over OpenMP threads and picks the variant. Every output element is computed by one thread,
+ * over the kernels' threads (csrc/pool.h) and picks the variant. Every output element is computed by one thread,
  * so results do not depend on the split (and int32 sums do not depend on their order).
  *
  * Include after setting the floating-point contraction off (see SF_I8_NO_CONTRACT): the

@@ -49,3 +49,30 @@ def check_int(value, name, minimum=None):
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def check_chain(layers, layer_type, n_classes):
+    """Raise unless ``layers`` is a non-empty chain of ``layer_type`` (a class, or a tuple of
+    ``(class, name in the message)``) reading one value per input and ending in ``n_classes``
+    logits per unit with no activation: what a network's fused C forward trusts."""
+    cls, cls_name = layer_type if isinstance(layer_type, tuple) else (layer_type,
+                                                                      layer_type.__name__)
+    if not layers:
+        raise ValueError("layers must not be empty")
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, cls):
+            raise TypeError(f"layers[{i}] must be a {cls_name}, got {type(layer).__name__}")
+    if layers[0].c_in != 1:
+        raise ValueError(f"layers[0] must have c_in=1 (one value per input), got "
+                         f"{layers[0].c_in}")
+    for i in range(1, len(layers)):
+        a, b = layers[i - 1], layers[i]
+        if a.n_out != b.n_in or a.c_out != b.c_in:
+            raise ValueError(f"layers[{i - 1}] outputs {a.n_out} units x {a.c_out} channels but "
+                             f"layers[{i}] reads {b.n_in} units x {b.c_in} channels")
+    head = layers[-1]
+    if head.c_out != n_classes:
+        raise ValueError(f"the last layer must have c_out = n_classes = {n_classes}, got "
+                         f"{head.c_out}")
+    if head.activation is not None:
+        raise ValueError("the last layer emits logits: it must have no activation")

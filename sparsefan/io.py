@@ -346,48 +346,72 @@ def _field(meta, key, kind, path, where="meta.json"):
     return value
 
 
+def _check_version(meta, expected, path, what="format"):
+    version = meta.get("version")
+    if type(version) is not int or version != expected:
+        raise ModelFileError(f"{path}: {what} version {version!r} is not supported "
+                             f"(this sparsefan reads version {expected})")
+
+
+def _layer_specs(meta, path):
+    specs = _field(meta, "layers", list, path)
+    if not specs:
+        raise ModelFileError(f"{path}: no layers")
+    return specs
+
+
+def _layer_header(spec, i, path):
+    """Layer i's entry of meta.json: (where, (n_in, n_out, nnz, c_in, c_out), activation), the
+    sizes checked before any array is read."""
+    where = f"meta.json layers[{i}]"
+    if not isinstance(spec, dict):
+        raise ModelFileError(f"{path}: {where} must be an object")
+    sizes = tuple(_field(spec, k, int, path, where) for k in ("n_in", "n_out", "nnz", "c_in",
+                                                              "c_out"))
+    n_in, n_out, nnz, c_in, c_out = sizes
+    if min(n_in, n_out, c_in, c_out) < 1 or nnz < 0 or max(n_in, n_out) >= 2**31:
+        raise ModelFileError(f"{path}: {where} has invalid sizes")
+    return where, sizes, spec.get("activation")
+
+
+def _connectivity(reader, i, n_in, n_out, nnz):
+    indptr = reader.array(f"layers/{i}/indptr", "int64", (n_out + 1,))
+    indices = reader.array(f"layers/{i}/indices", "int32", (nnz,))
+    return Connectivity(n_in, indptr, indices)
+
+
+def _network_fields(meta, path, n_in):
+    """(input_shape, name) of meta.json, checked against the first layer's n_in."""
+    input_shape = _field(meta, "input_shape", list, path)
+    if not all(type(s) is int and s > 0 for s in input_shape):
+        raise ModelFileError(f"{path}: input_shape must list positive ints")
+    if math.prod(input_shape) != n_in:
+        raise ModelFileError(f"{path}: input_shape {input_shape} does not hold the first "
+                             f"layer's {n_in} inputs")
+    name = meta.get("name", "network")
+    if not isinstance(name, str) or len(name) > 1000:
+        raise ModelFileError(f"{path}: meta.json 'name' must be a string")
+    if not isinstance(meta.get("metadata", {}), dict):
+        raise ModelFileError(f"{path}: meta.json 'metadata' must be an object")
+    return input_shape, name
+
+
 def _read_network(reader, fmt):
     path = reader.path
     meta = reader.json("meta.json")
     _check_format(meta, fmt, path)
-    version = meta.get("version")
-    if type(version) is not int or version != VERSION:
-        raise ModelFileError(f"{path}: format version {version!r} is not supported "
-                             f"(this sparsefan reads version {VERSION})")
-    specs = _field(meta, "layers", list, path)
-    if not specs:
-        raise ModelFileError(f"{path}: no layers")
+    _check_version(meta, VERSION, path)
     layers = []
     try:
-        for i, spec in enumerate(specs):
-            where = f"meta.json layers[{i}]"
-            if not isinstance(spec, dict):
-                raise ModelFileError(f"{path}: {where} must be an object")
-            n_in, n_out, nnz, c_in, c_out = (
-                _field(spec, k, int, path, where) for k in ("n_in", "n_out", "nnz", "c_in",
-                                                            "c_out"))
-            if min(n_in, n_out, c_in, c_out) < 1 or nnz < 0 or max(n_in, n_out) >= 2**31:
-                raise ModelFileError(f"{path}: {where} has invalid sizes")
-            act = spec.get("activation")
+        for i, spec in enumerate(_layer_specs(meta, path)):
+            where, (n_in, n_out, nnz, c_in, c_out), act = _layer_header(spec, i, path)
             if act not in ACTIVATIONS:
                 raise ModelFileError(f"{path}: {where} activation {act!r} is unknown")
-            indptr = reader.array(f"layers/{i}/indptr", "int64", (n_out + 1,))
-            indices = reader.array(f"layers/{i}/indices", "int32", (nnz,))
+            conn = _connectivity(reader, i, n_in, n_out, nnz)
             weight = reader.array(f"layers/{i}/weight", "float32", (nnz, c_in, c_out))
             bias = reader.array(f"layers/{i}/bias", "float32", (n_out, c_out))
-            conn = Connectivity(n_in, indptr, indices)
             layers.append(FanIn(conn, c_in, c_out, activation=act, weight=weight, bias=bias))
-        input_shape = _field(meta, "input_shape", list, path)
-        if not all(type(s) is int and s > 0 for s in input_shape):
-            raise ModelFileError(f"{path}: input_shape must list positive ints")
-        if math.prod(input_shape) != layers[0].n_in:
-            raise ModelFileError(f"{path}: input_shape {input_shape} does not hold the first "
-                                 f"layer's {layers[0].n_in} inputs")
-        name = meta.get("name", "network")
-        if not isinstance(name, str) or len(name) > 1000:
-            raise ModelFileError(f"{path}: meta.json 'name' must be a string")
-        if not isinstance(meta.get("metadata", {}), dict):
-            raise ModelFileError(f"{path}: meta.json 'metadata' must be an object")
+        input_shape, name = _network_fields(meta, path, layers[0].n_in)
         network = Network(layers, _field(meta, "n_classes", int, path),
                           _field(meta, "aggregate", str, path), input_shape, name=name)
     except ModelFileError:
@@ -445,52 +469,26 @@ def _read_quantized(reader):
     path = reader.path
     meta = reader.json("meta.json")
     _check_format(meta, INT8_FORMAT, path)
-    version = meta.get("version")
-    if type(version) is not int or version != INT8_VERSION:
-        raise ModelFileError(f"{path}: int8 format version {version!r} is not supported "
-                             f"(this sparsefan reads version {INT8_VERSION})")
-    specs = _field(meta, "layers", list, path)
-    if not specs:
-        raise ModelFileError(f"{path}: no layers")
+    _check_version(meta, INT8_VERSION, path, "int8 format")
     layers = []
     try:
-        for i, spec in enumerate(specs):
-            where = f"meta.json layers[{i}]"
-            if not isinstance(spec, dict):
-                raise ModelFileError(f"{path}: {where} must be an object")
-            n_in, n_out, nnz, c_in, c_out = (
-                _field(spec, k, int, path, where) for k in ("n_in", "n_out", "nnz", "c_in",
-                                                            "c_out"))
-            if min(n_in, n_out, c_in, c_out) < 1 or nnz < 0 or max(n_in, n_out) >= 2**31:
-                raise ModelFileError(f"{path}: {where} has invalid sizes")
-            act = spec.get("activation")
+        for i, spec in enumerate(_layer_specs(meta, path)):
+            where, (n_in, n_out, nnz, c_in, c_out), act = _layer_header(spec, i, path)
             if act not in (None, "relu"):
                 raise ModelFileError(f"{path}: {where} activation {act!r} is not an int8 "
                                      f"activation (None or 'relu')")
             in_scale = _scale_field(spec, "in_scale", path, where)
             out_scale = _scale_field(spec, "out_scale", path, where, allow_none=True)
-            indptr = reader.array(f"layers/{i}/indptr", "int64", (n_out + 1,))
-            indices = reader.array(f"layers/{i}/indices", "int32", (nnz,))
+            conn = _connectivity(reader, i, n_in, n_out, nnz)
             qweight = reader.array(f"layers/{i}/qweight", "int8", (nnz, c_in, c_out))
             w_scale = reader.array(f"layers/{i}/weight_scale", "float32", (n_out, c_out))
             bias = reader.array(f"layers/{i}/bias", "float32", (n_out, c_out))
-            conn = Connectivity(n_in, indptr, indices)
             try:
                 layers.append(QuantizedLayer(conn, c_in, c_out, act, qweight, w_scale, bias,
                                              in_scale, out_scale))
             except (ValueError, TypeError) as e:
                 raise ModelFileError(f"{path}: layers[{i}]: {e}") from None
-        input_shape = _field(meta, "input_shape", list, path)
-        if not all(type(s) is int and s > 0 for s in input_shape):
-            raise ModelFileError(f"{path}: input_shape must list positive ints")
-        if math.prod(input_shape) != layers[0].n_in:
-            raise ModelFileError(f"{path}: input_shape {input_shape} does not hold the first "
-                                 f"layer's {layers[0].n_in} inputs")
-        name = meta.get("name", "network")
-        if not isinstance(name, str) or len(name) > 1000:
-            raise ModelFileError(f"{path}: meta.json 'name' must be a string")
-        if not isinstance(meta.get("metadata", {}), dict):
-            raise ModelFileError(f"{path}: meta.json 'metadata' must be an object")
+        input_shape, name = _network_fields(meta, path, layers[0].n_in)
         calibration_size = _field(meta, "calibration_size", int, path)
         percentile = meta.get("percentile")
         if isinstance(percentile, bool) or not isinstance(percentile, (int, float)):

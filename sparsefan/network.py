@@ -20,7 +20,7 @@ import numpy.typing as npt
 from sparsefan import _engine
 from sparsefan import aggregate as agg
 from sparsefan._threads import resolve_n_threads
-from sparsefan._validation import check_array, check_int, check_writable
+from sparsefan._validation import check_array, check_chain, check_int, check_writable
 from sparsefan.connectivity import Connectivity
 from sparsefan.layers import FanIn
 
@@ -96,26 +96,7 @@ class Network:
     def _check_chain(self, layers):
         """Raise unless ``layers`` is a non-empty chain of FanIn layers ending in n_classes
         logits per unit (the C forward trusts this)."""
-        if not layers:
-            raise ValueError("layers must not be empty")
-        for i, layer in enumerate(layers):
-            if not isinstance(layer, FanIn):
-                raise TypeError(f"layers[{i}] must be a FanIn, got {type(layer).__name__}")
-        if layers[0].c_in != 1:
-            raise ValueError(f"layers[0] must have c_in=1 (one value per input), got "
-                             f"{layers[0].c_in}")
-        for i in range(1, len(layers)):
-            a, b = layers[i - 1], layers[i]
-            if a.n_out != b.n_in or a.c_out != b.c_in:
-                raise ValueError(
-                    f"layers[{i - 1}] outputs {a.n_out} units x {a.c_out} channels but layers[{i}]"
-                    f" reads {b.n_in} units x {b.c_in} channels")
-        head = layers[-1]
-        if head.c_out != self.n_classes:
-            raise ValueError(f"the last layer must have c_out = n_classes = {self.n_classes}, "
-                             f"got {head.c_out}")
-        if head.activation is not None:
-            raise ValueError("the last layer emits logits: it must have no activation")
+        check_chain(layers, FanIn, self.n_classes)
 
     # -- structure -----------------------------------------------------------------------------
 

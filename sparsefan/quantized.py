@@ -30,7 +30,7 @@ import numpy as np
 from sparsefan import _engine
 from sparsefan import aggregate as agg
 from sparsefan._threads import resolve_n_threads
-from sparsefan._validation import check_array, check_int
+from sparsefan._validation import check_array, check_chain, check_int
 from sparsefan.connectivity import Connectivity
 from sparsefan.layers import MAX_ABS_PARAMETER
 from sparsefan.reference import QMAX, round_half_away
@@ -309,29 +309,13 @@ def _refuse_overflow(aggregate, Z, S, allow_neg_inf):
 
 def _check_chain(layers, n_classes):
     """Raise unless ``layers`` is a chain of QuantizedLayers the int8 C call can run."""
-    if not layers:
-        raise ValueError("layers must not be empty")
-    for i, layer in enumerate(layers):
-        if not isinstance(layer, QuantizedLayer):
-            raise TypeError(f"layers[{i}] must be a QuantizedLayer, got {type(layer).__name__}")
-    if layers[0].c_in != 1:
-        raise ValueError(f"layers[0] must have c_in=1 (one value per input), got "
-                         f"{layers[0].c_in}")
+    check_chain(layers, QuantizedLayer, n_classes)
     for i in range(1, len(layers)):
         a, b = layers[i - 1], layers[i]
-        if a.n_out != b.n_in or a.c_out != b.c_in:
-            raise ValueError(f"layers[{i - 1}] outputs {a.n_out} units x {a.c_out} channels but "
-                             f"layers[{i}] reads {b.n_in} units x {b.c_in} channels")
         if a.out_scale != b.in_scale:
             raise ValueError(f"layers[{i - 1}].out_scale ({a.out_scale}) must be layers[{i}]"
                              f".in_scale ({b.in_scale})")
-    head = layers[-1]
-    if head.c_out != n_classes:
-        raise ValueError(f"the last layer must have c_out = n_classes = {n_classes}, got "
-                         f"{head.c_out}")
-    if head.activation is not None:
-        raise ValueError("the last layer emits logits: it must have no activation")
-    if head.out_scale is not None:
+    if layers[-1].out_scale is not None:
         raise ValueError("the last layer emits float logits: its out_scale must be None")
 
 

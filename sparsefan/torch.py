@@ -41,7 +41,7 @@ from sparsefan import aggregate as agg
 from sparsefan import layers as _layers
 from sparsefan import network as _network
 from sparsefan._threads import resolve_n_threads
-from sparsefan._validation import check_int
+from sparsefan._validation import check_chain, check_int
 
 __all__ = ["FanIn", "Network", "from_network", "to_network", "aggregate_scores",
            "unit_cross_entropy", "to_feature_major", "from_feature_major"]
@@ -405,25 +405,7 @@ class Network(nn.Module):
 
 def _check_chain(layers, n_classes):
     """The checks of ``sparsefan.Network._check_chain``, for torch modules."""
-    if not layers:
-        raise ValueError("layers must not be empty")
-    for i, layer in enumerate(layers):
-        if not isinstance(layer, FanIn):
-            raise TypeError(f"layers[{i}] must be a sparsefan.torch.FanIn, got "
-                            f"{type(layer).__name__}")
-    if layers[0].c_in != 1:
-        raise ValueError(f"layers[0] must have c_in=1 (one value per input), got "
-                         f"{layers[0].c_in}")
-    for i in range(1, len(layers)):
-        a, b = layers[i - 1], layers[i]
-        if a.n_out != b.n_in or a.c_out != b.c_in:
-            raise ValueError(f"layers[{i - 1}] outputs {a.n_out} units x {a.c_out} channels but "
-                             f"layers[{i}] reads {b.n_in} units x {b.c_in} channels")
-    if layers[-1].c_out != n_classes:
-        raise ValueError(f"the last layer must have c_out = n_classes = {n_classes}, got "
-                         f"{layers[-1].c_out}")
-    if layers[-1].activation is not None:
-        raise ValueError("the last layer emits logits: it must have no activation")
+    check_chain(layers, (FanIn, "sparsefan.torch.FanIn"), n_classes)
 
 
 # -- conversion ------------------------------------------------------------------------------
