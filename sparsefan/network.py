@@ -197,12 +197,15 @@ class Network:
                     batch_size: int = 4096) -> np.ndarray:
         """Per-unit class scores Z, shape (M, C, batch), float32.
 
-        Fixed fan-in networks run as one C call per chunk of ``batch_size`` examples (layout
-        change, every layer, activations in scratch memory); networks with GEMM layers run
-        layer by layer."""
+        Fixed fan-in networks run as one C call per chunk of about ``batch_size`` examples
+        (layout change, every layer, activations in scratch memory); networks with GEMM layers
+        run layer by layer."""
         x = self.check_inputs(x)
         batch_size = check_int(batch_size, "batch_size", 1)
         n = resolve_n_threads(n_threads)
+        return self._unit_logits(x, n, batch_size)
+
+    def _unit_logits(self, x, n, batch_size):
         batch = x.shape[0]
         plan = self._fused_plan()
         shape = (self.n_units, self.n_classes)
@@ -211,15 +214,38 @@ class Network:
                 return _engine.forward_chain(self._chain(), _engine.to_feature_major(x, n), n)
             return _engine.plan_forward(plan, x, n).reshape(shape + (batch,))
         out = np.empty(shape + (batch,), dtype=np.float32)
-        for s in range(0, batch, batch_size):
-            xb = x[s:s + batch_size]
+        for s, e in _chunks(batch, batch_size):
+            xb = x[s:e]
             if plan is None:
-                out[:, :, s:s + xb.shape[0]] = _engine.forward_chain(
-                    self._chain(), _engine.to_feature_major(xb, n), n)
+                out[:, :, s:e] = _engine.forward_chain(self._chain(),
+                                                       _engine.to_feature_major(xb, n), n)
             else:
-                out[:, :, s:s + xb.shape[0]] = _engine.plan_forward(plan, xb, n).reshape(
-                    shape + (xb.shape[0],))
+                out[:, :, s:e] = _engine.plan_forward(plan, xb, n).reshape(shape + (e - s,))
         return out
+
+    def _aggregate(self, x, n_threads, batch_size, what):
+        """scores / probabilities, ``batch_size`` examples at a time: the unit logits of one
+        chunk at a time (M x C x batch_size floats, not the whole batch's)."""
+        x = self.check_inputs(x)
+        batch_size = check_int(batch_size, "batch_size", 1)
+        n = resolve_n_threads(n_threads)
+        # networks with GEMM layers run whole: their few units' logits are small, and BLAS's
+        # last bits depend on the batch size (torch's modules and exports compare bit for bit)
+        ranges = _chunks(x.shape[0], batch_size) if self._fused_plan() is not None else []
+        if len(ranges) <= 1:  # (none: an empty batch, or GEMM layers)
+            return self._aggregate_chunk(x, n, what)
+        return np.concatenate([self._aggregate_chunk(x[s:e], n, what) for s, e in ranges])
+
+    def _aggregate_chunk(self, x, n, what):
+        Z = self._unit_logits(x, n, x.shape[0])
+        with np.errstate(invalid="ignore", over="ignore"):  # refused just below
+            if what == "proba":
+                S = agg.probabilities(Z, self.aggregate)
+            else:
+                S = agg.scores(Z, self.aggregate)
+        self._refuse_overflow(Z, S, allow_neg_inf=what == "scores" and
+                              self.aggregate == "mean_prob")
+        return S
 
     def _refuse_overflow(self, Z, S, allow_neg_inf=False):
         """Outputs that overflowed float32 (finite inputs, huge weights) would turn into class 0
@@ -235,26 +261,26 @@ class Network:
                 f"the network's outputs overflowed float32 for {len(bad)} example(s) of x "
                 f"(first: {int(bad[0])}): weights or inputs too large")
 
-    def predict_proba(self, x: np.ndarray, n_threads: int | None = None) -> np.ndarray:
-        """(batch, C) probabilities of the aggregate."""
-        Z = self.unit_logits(x, n_threads)
-        with np.errstate(invalid="ignore", over="ignore"):  # refused just below
-            P = agg.probabilities(Z, self.aggregate)
-        self._refuse_overflow(Z, P)
-        return P
+    def predict_proba(self, x: np.ndarray, n_threads: int | None = None,
+                      batch_size: int = 256) -> np.ndarray:
+        """(batch, C) probabilities of the aggregate, computed ``batch_size`` examples at a
+        time, so that a chunk's unit logits stay in cache (1.6-2x the speed of one 8192-example
+        chunk on the MNIST networks); any chunk size of 2 or more gives the same values.
+        Networks with GEMM layers (``dense_mlp``) run as one chunk: BLAS's last bits depend on
+        the batch size."""
+        return self._aggregate(x, n_threads, batch_size, "proba")
 
-    def scores(self, x: np.ndarray, n_threads: int | None = None) -> np.ndarray:
+    def scores(self, x: np.ndarray, n_threads: int | None = None,
+               batch_size: int = 256) -> np.ndarray:
         """(batch, C) aggregate scores: mean logits, log mean probability (-inf for a class of
-        probability 0), or vote fraction."""
-        Z = self.unit_logits(x, n_threads)
-        with np.errstate(invalid="ignore", over="ignore"):  # refused just below
-            S = agg.scores(Z, self.aggregate)
-        self._refuse_overflow(Z, S, allow_neg_inf=self.aggregate == "mean_prob")
-        return S
+        probability 0), or vote fraction; ``batch_size`` as in :meth:`predict_proba`."""
+        return self._aggregate(x, n_threads, batch_size, "scores")
 
-    def predict(self, x: np.ndarray, n_threads: int | None = None) -> np.ndarray:
-        """(batch,) predicted class (argmax of the aggregate scores; ties -> lowest class)."""
-        return self.scores(x, n_threads).argmax(axis=1)
+    def predict(self, x: np.ndarray, n_threads: int | None = None,
+                batch_size: int = 256) -> np.ndarray:
+        """(batch,) predicted class (argmax of the aggregate scores; ties -> lowest class),
+        ``batch_size`` examples at a time."""
+        return self.scores(x, n_threads, batch_size).argmax(axis=1)
 
     def predict_certified(self, x: np.ndarray, n_threads: int | None = None,
                           max_l0: int = 200) -> Certified:
@@ -458,3 +484,14 @@ class Network:
         return (f"Network({self.name!r}, n_in={self.n_in}, layers={len(self.layers)}, "
                 f"n_units={self.n_units}, n_classes={self.n_classes}, "
                 f"aggregate={self.aggregate!r})")
+
+
+def _chunks(n, size):
+    """(start, end) ranges of about ``size`` examples covering ``n``. A last range of one
+    example is merged into the one before it: a batch of one takes the kernels' single-example
+    path, which sums in another order (last bits), so that results would depend on where the
+    chunks fall."""
+    bounds = list(range(0, n, size)) + [n]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+        del bounds[-2]
+    return list(zip(bounds[:-1], bounds[1:]))

@@ -270,3 +270,35 @@ def test_mean_logits_matches_a_float64_mean(shape, rng):
     np.testing.assert_allclose(agg.mean_logits(Z[::-1]), want, rtol=1e-14, atol=1e-15)
     np.testing.assert_allclose(agg.mean_logits(Z.astype(np.float64)), want, rtol=1e-14,
                                atol=1e-15)
+
+
+@pytest.mark.parametrize("builder", BUILDERS)
+def test_scores_in_chunks_equal_one_chunk(builder, rng):
+    # predict / scores / predict_proba aggregate batch_size examples at a time; a last chunk of
+    # one example is merged into the one before (the single-example path sums in another order)
+    net = small(builder)
+    x = rng.random((41, 36), dtype=np.float32)
+    Z = net.unit_logits(x)
+    whole_s, whole_p = agg.scores(Z, net.aggregate), agg.probabilities(Z, net.aggregate)
+    for bs in (2, 5, 8, 40, 41, 1000):
+        assert np.array_equal(net.scores(x, batch_size=bs), whole_s), bs
+        assert np.array_equal(net.predict_proba(x, batch_size=bs), whole_p), bs
+        assert np.array_equal(net.predict(x, batch_size=bs), whole_s.argmax(axis=1)), bs
+    assert net.scores(x[:0]).shape == (0, net.n_classes)
+    with pytest.raises(ValueError, match="batch_size"):
+        net.predict(x, batch_size=0)
+
+
+def test_chunks_never_end_in_a_single_example():
+    from sparsefan.network import _chunks
+
+    assert _chunks(0, 4) == []
+    assert _chunks(1, 4) == [(0, 1)]
+    assert _chunks(9, 4) == [(0, 4), (4, 9)]
+    assert _chunks(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    for n in range(2, 60):
+        for size in range(1, 12):
+            r = _chunks(n, size)
+            assert r[0][0] == 0 and r[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(r, r[1:]))
+            assert all(e - s >= min(2, size) for s, e in r)
