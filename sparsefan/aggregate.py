@@ -81,6 +81,23 @@ def scores(Z: np.ndarray, aggregate: str) -> np.ndarray:
     return probabilities(Z, aggregate)
 
 
+def refuse_overflow(aggregate: str, Z: np.ndarray | None, S: np.ndarray, whose: str,
+                    cause: str, allow_neg_inf: bool = False) -> None:
+    """Raise FloatingPointError when outputs overflowed float32: they would turn into class 0
+    or NaN probabilities silently. Mean aggregates carry a non-finite unit into S (batch, C),
+    which is checked (``allow_neg_inf``: -inf is a valid mean_prob score); the vote reads every
+    unit of Z (M, C, batch). ``whose`` and ``cause`` word the message."""
+    if aggregate == "vote":
+        ok = np.isfinite(Z).all(axis=(0, 1))
+    else:
+        ok = (np.isfinite(S) | (allow_neg_inf & (S == -np.inf))).all(axis=1)
+    if not ok.all():
+        bad = np.flatnonzero(~ok)
+        raise FloatingPointError(
+            f"{whose} outputs overflowed float32 for {len(bad)} example(s) of x "
+            f"(first: {int(bad[0])}): {cause}")
+
+
 def is_soft(y: npt.ArrayLike) -> bool:
     """True for soft targets (batch, C), False for int labels (batch,)."""
     return np.ndim(y) == 2

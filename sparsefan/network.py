@@ -248,18 +248,8 @@ class Network:
         return S
 
     def _refuse_overflow(self, Z, S, allow_neg_inf=False):
-        """Outputs that overflowed float32 (finite inputs, huge weights) would turn into class 0
-        or NaN probabilities silently: refuse them. Mean aggregates carry a non-finite unit
-        into S (batch, C), which is checked; the vote reads every unit of Z."""
-        if self.aggregate == "vote":
-            ok = np.isfinite(Z).all(axis=(0, 1))
-        else:
-            ok = (np.isfinite(S) | (allow_neg_inf & (S == -np.inf))).all(axis=1)
-        if not ok.all():
-            bad = np.flatnonzero(~ok)
-            raise FloatingPointError(
-                f"the network's outputs overflowed float32 for {len(bad)} example(s) of x "
-                f"(first: {int(bad[0])}): weights or inputs too large")
+        agg.refuse_overflow(self.aggregate, Z, S, "the network's", "weights or inputs too large",
+                            allow_neg_inf)
 
     def predict_proba(self, x: np.ndarray, n_threads: int | None = None,
                       batch_size: int = 256) -> np.ndarray:

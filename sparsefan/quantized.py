@@ -294,17 +294,8 @@ class QuantizedNetwork:
 
 
 def _refuse_overflow(aggregate, Z, S, allow_neg_inf):
-    """As Network._refuse_overflow: outputs that overflowed float32 raise, never turn into a
-    silent class 0."""
-    if aggregate == "vote":
-        ok = np.isfinite(Z).all(axis=(0, 1))
-    else:
-        ok = (np.isfinite(S) | (allow_neg_inf & (S == -np.inf))).all(axis=1)
-    if not ok.all():
-        bad = np.flatnonzero(~ok)
-        raise FloatingPointError(
-            f"the int8 network's outputs overflowed float32 for {len(bad)} example(s) of x "
-            f"(first: {int(bad[0])}): scales or biases too large")
+    agg.refuse_overflow(aggregate, Z, S, "the int8 network's", "scales or biases too large",
+                        allow_neg_inf)
 
 
 def _check_chain(layers, n_classes):
