@@ -299,6 +299,18 @@ void sf_fanin_forward(float *y, const float *x, const float *W, const float *b,
 /* forward: y[j, o, :] += W[p, c, o] * x[indices[p], c, :]
  * so:      dx[i, c, :] += W[p, c, o] * dy[j, o, :] for every connection (j, p) that reads i,
  * gathered per input i through the transposed table: each dx row has one writer, no atomics. */
+static sf_gather_args backward_input_args(float *dx, const float *dy, const float *W,
+                                          const int64_t *t_indptr, const int32_t *t_rows,
+                                          const int64_t *t_slots, int64_t c_in, int64_t c_out,
+                                          int64_t B, int accumulate)
+{
+    const sf_gather_args a = {.out = dx, .in = dy, .W = W, .bias = NULL, .ptr = t_indptr,
+                              .rows = t_rows, .slots = t_slots, .G = c_out, .H = c_in, .B = B,
+                              .wslot = c_in * c_out, .wsg = 1, .wsh = c_out, .relu = 0,
+                              .prefetch_end = 0, .zero_init = !accumulate, .mask = NULL};
+    return a;
+}
+
 void sf_fanin_backward_input(float *dx, const float *dy, const float *W,
                              const int64_t *t_indptr, const int32_t *t_rows,
                              const int64_t *t_slots,
@@ -308,11 +320,28 @@ void sf_fanin_backward_input(float *dx, const float *dy, const float *W,
     SF_REQUIRE_SHAPE(n_in, n_out, c_in, c_out, B, n_threads);
     SF_REQUIRE(dx && t_indptr && t_indptr[0] == 0 && dx != dy);
     SF_REQUIRE(t_indptr[n_in] == 0 || (dy && W && t_rows && t_slots));
-    const sf_gather_args a = {.out = dx, .in = dy, .W = W, .bias = NULL, .ptr = t_indptr,
-                              .rows = t_rows, .slots = t_slots, .G = c_out, .H = c_in, .B = B,
-                              .wslot = c_in * c_out, .wsg = 1, .wsh = c_out, .relu = 0,
-                              .prefetch_end = 0, .zero_init = !accumulate};
+    const sf_gather_args a = backward_input_args(dx, dy, W, t_indptr, t_rows, t_slots, c_in,
+                                                 c_out, B, accumulate);
     run_gather(&a, n_in, n_out, n_threads);
+}
+
+void sf_fanin_backward_input_relu(float *dz, const float *dy, const float *W, const float *x,
+                                  const int64_t *t_indptr, const int32_t *t_rows,
+                                  const int64_t *t_slots, int64_t n_in, int64_t n_out,
+                                  int64_t c_in, int64_t c_out, int64_t B, int n_threads)
+{
+    SF_REQUIRE_SHAPE(n_in, n_out, c_in, c_out, B, n_threads);
+    SF_REQUIRE(dz && x && t_indptr && t_indptr[0] == 0 && dz != dy && dz != x);
+    SF_REQUIRE(t_indptr[n_in] == 0 || (dy && W && t_rows && t_slots));
+    sf_gather_args a = backward_input_args(dz, dy, W, t_indptr, t_rows, t_slots, c_in, c_out, B,
+                                           0);
+    if (B > 1) { /* the batch tiles apply the mask before their store */
+        a.mask = x;
+        run_gather(&a, n_in, n_out, n_threads);
+    } else { /* the single-example paths do not: a second, small pass */
+        run_gather(&a, n_in, n_out, n_threads);
+        sf_relu_backward(dz, dz, x, n_in * c_in * B, n_threads);
+    }
 }
 
 typedef struct {

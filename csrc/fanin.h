@@ -73,6 +73,15 @@ void sf_fanin_backward_input(float *dx, const float *dy, const float *W,
                              int64_t n_in, int64_t n_out, int64_t c_in, int64_t c_out, int64_t B,
                              int accumulate, int n_threads);
 
+/* dz[i, c, :] = x[i, c, :] > 0 ? sum_{q in t_indptr[i]..} sum_o W[t_slots[q], c, o] * dy[t_rows[q], o, :]
+ * : 0 -- the input gradient carried through the ReLU whose output is this layer's input x:
+ * sf_fanin_backward_input (overwriting) then sf_relu_backward given x, in one pass over dz (each
+ * tile is masked in registers before its store). Bit-identical to the two calls. */
+void sf_fanin_backward_input_relu(float *dz, const float *dy, const float *W, const float *x,
+                                  const int64_t *t_indptr, const int32_t *t_rows,
+                                  const int64_t *t_slots, int64_t n_in, int64_t n_out,
+                                  int64_t c_in, int64_t c_out, int64_t B, int n_threads);
+
 /* dW[p, c, o] += sum_b x[indices[p], c, b] * dy[j, o, b]   for every connection p of row j
  * db[j, o]    += sum_b dy[j, o, b]                           (skipped when db is NULL) */
 void sf_fanin_backward_params(float *dW, float *db, const float *dy, const float *x,

@@ -33,6 +33,7 @@ static inline SF_ATTR __m256i sf_mask8(int n)
 #define V_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define V_ADD(a, b) _mm256_add_ps(a, b)
 #define V_RELU(v) _mm256_max_ps(_mm256_setzero_ps(), v) /* NaN in v is returned */
+#define V_WHERE_POS(m, v) _mm256_and_ps(_mm256_cmp_ps(m, _mm256_setzero_ps(), _CMP_GT_OQ), v)
 #define V_HSUM(v) sf_hsum_ymm(v)
 
 #define SF_T1 8

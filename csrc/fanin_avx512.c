@@ -52,6 +52,8 @@ static inline SF_ATTR float sf_hsum16(__m512 v)
 #define V_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define V_ADD(a, b) _mm512_add_ps(a, b)
 #define V_RELU(v) _mm512_max_ps(_mm512_setzero_ps(), v) /* NaN in v is returned */
+#define V_WHERE_POS(m, v)                                                                      \
+    _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(m, _mm512_setzero_ps(), _CMP_GT_OQ), v)
 #define V_HSUM(v) sf_hsum16(v)
 
 #define SF_T1 8

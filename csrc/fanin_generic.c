@@ -36,6 +36,11 @@ static inline vf v_relu(vf v)
     return (vf)((vi)v & ~(vi)(v < zero)); /* keeps NaN: NaN < 0 is false */
 }
 static inline float v_hsum(vf v) { return (v[0] + v[2]) + (v[1] + v[3]); }
+static inline vf v_where_pos(vf m, vf v)
+{
+    const vf zero = {0.0f, 0.0f, 0.0f, 0.0f};
+    return (vf)((vi)v & (vi)(m > zero)); /* NaN > 0 is false: 0 */
+}
 
 #define V_ZERO() ((vf){0.0f, 0.0f, 0.0f, 0.0f})
 #define V_SET1(a) ((vf){(a), (a), (a), (a)})
@@ -57,6 +62,7 @@ typedef float vf;
 #define V_RELU_SCALAR 1
 static float v_relu(float v) { return v < 0.0f ? 0.0f : v; }
 static float v_hsum(float v) { return v; }
+static float v_where_pos(float m, float v) { return m > 0.0f ? v : 0.0f; }
 
 #endif
 
@@ -64,6 +70,7 @@ static float v_hsum(float v) { return v; }
 #define V_ADD(a, b) ((a) + (b))
 #define V_RELU(v) v_relu(v)
 #define V_HSUM(v) v_hsum(v)
+#define V_WHERE_POS(m, v) v_where_pos(m, v)
 
 #define SF_T1 8
 #define SF_TC 2

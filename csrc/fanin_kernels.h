@@ -39,6 +39,8 @@ typedef struct {
     int64_t prefetch_end; /* software-prefetch gathered rows for connections q < this (0: none) */
     int zero_init;        /* with bias NULL: start from zero instead of out (overwrite out) */
     int64_t out_unit0;    /* the unit at the start of out (0; a block of units in scratch) */
+    const float *mask;    /* laid out as out, or NULL: out = mask > 0 ? sum : 0, the backward of
+                           * the ReLU whose output is mask (batch tiles only: B > 1) */
 } sf_gather_args;
 
 typedef struct {

@@ -11,6 +11,7 @@
  *   V_ZERO() V_SET1(a) V_LOAD(p) V_STORE(p, v) V_FMA(a, b, c) (= a * b + c) V_ADD(a, b)
  *   V_LOADN(p, n) V_STOREN(p, v, n)   the first n lanes (1 <= n <= VL); V_LOADN zero-fills
  *   V_RELU(v)         max(v, 0) keeping NaN;  V_HSUM(v) the sum of the lanes, in a fixed order
+ *   V_WHERE_POS(m, v) m > 0 ? v : 0 per lane (the backward of a ReLU with output m)
  *   SF_HSUM8_ADD(dst, v)  optional: dst[r] += the lane sum of v[r], r < 8, in a fixed order
  *   SF_T1             batch vectors per register tile of the gather pass when H == 1
  *   SF_TC, SF_OC      batch vectors x output channels per tile when H > 1

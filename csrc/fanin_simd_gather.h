@@ -62,6 +62,15 @@ SF_INLINE void SF_FN(gather_tile)(const sf_gather_args *a, int64_t u, int64_t h0
             }
         }
     }
+    if (a->mask != NULL) { /* the ReLU backward, while the tile is in registers */
+        const float *mask = a->mask + (out - a->out);
+        for (int o = 0; o < O; ++o)
+            for (int t = 0; t < T; ++t) {
+                const float *m = mask + o * B + t * VL;
+                acc[o][t] = V_WHERE_POS((M && t == T - 1) ? V_LOADN(m, nlast) : V_LOAD(m),
+                                        acc[o][t]);
+            }
+    }
     for (int o = 0; o < O; ++o)
         for (int t = 0; t < T; ++t) {
             const vf v = a->relu ? V_RELU(acc[o][t]) : acc[o][t];

@@ -112,11 +112,15 @@ def forward(layer, xt, n, out=None):
 
 
 def backward(layer, xt, dyt, yt, n, grad_input=None, grad_weight=None, grad_bias=None,
-             need_input_grad=True, need_param_grad=True, overwrite_dyt=False, dz=False):
+             need_input_grad=True, need_param_grad=True, overwrite_dyt=False, dz=False,
+             relu_input=False):
     """(input gradient or None, weight gradient or None, bias gradient or None). Gradients
     accumulate into the buffers given (zeros are allocated for those not given); a buffer of
     ours is written, not accumulated into. ``overwrite_dyt``: a ReLU layer masks dyt in place.
-    ``dz``: dyt is already the gradient before the activation (yt is not read)."""
+    ``dz``: dyt is already the gradient before the activation (yt is not read).
+    ``relu_input``: xt is the output of a ReLU and the input gradient (a buffer of ours) is
+    returned through it, xt > 0 ? gradient : 0 -- masked in the kernel's registers, before its
+    store, which saves the ReLU's own pass over it."""
     conn = layer.connectivity
     batch = xt.shape[2]
     activation = None if dz else layer.activation
@@ -152,17 +156,23 @@ def backward(layer, xt, dyt, yt, n, grad_input=None, grad_weight=None, grad_bias
         if grad_input is not None:
             dxg = (layer.weight.reshape(-1, layer.c_out) @ dz).reshape(-1, layer.c_in, batch)
             grad_input[conn.indices] += dxg  # a row never repeats an input
+            if relu_input:
+                _kernels.relu_backward(grad_input.reshape(-1), grad_input.reshape(-1),
+                                       xt.reshape(-1), n)
         return grad_input, grad_weight, grad_bias
     if need_param_grad:
         _kernels.fanin_backward_params(grad_weight.reshape(-1), grad_bias.reshape(-1),
                                        dyt.reshape(-1), xt.reshape(-1), conn.indptr,
                                        conn.indices, layer.c_in, layer.c_out, batch, n)
     if need_input_grad:
+        if relu_input and not fresh_input:
+            raise ValueError("relu_input needs the input gradient in a buffer of ours")
         t = conn.transpose()
         _kernels.fanin_backward_input(grad_input.reshape(-1), dyt.reshape(-1),
                                       layer.weight.reshape(-1), t.indptr, t.rows, t.slots,
                                       layer.c_in, layer.c_out, batch, n,
-                                      accumulate=not fresh_input)
+                                      accumulate=not fresh_input,
+                                      relu_x=xt.reshape(-1) if relu_input else None)
     return grad_input, grad_weight, grad_bias
 
 
@@ -353,14 +363,19 @@ def forward_chain(layers, xt, n, keep=False):
 
 def backward_chain(layers, acts, dy, n, grads=None):
     """Back through every layer from dy (ours: masked in place). ``grads`` [(weight, bias)]
-    accumulate the parameter gradients; None: the input gradient alone. Returns it."""
+    accumulate the parameter gradients; None: the input gradient alone. Returns it. A gradient
+    that enters a ReLU layer from the layer above it is masked by that layer's kernel."""
+    dz = False  # dy is already through layer i's activation
     for i in range(len(layers) - 1, -1, -1):
+        through = i > 0 and layers[i - 1].activation == "relu"
         if grads is None:
             dy = backward(layers[i], acts[i], dy, acts[i + 1], n, need_param_grad=False,
-                          overwrite_dyt=True)[0]
+                          overwrite_dyt=True, dz=dz, relu_input=through)[0]
         else:
             dy = backward(layers[i], acts[i], dy, acts[i + 1], n, grad_weight=grads[i][0],
-                          grad_bias=grads[i][1], need_input_grad=i > 0, overwrite_dyt=True)[0]
+                          grad_bias=grads[i][1], need_input_grad=i > 0, overwrite_dyt=True,
+                          dz=dz, relu_input=through)[0]
+        dz = through
     return dy
 
 

@@ -19,6 +19,10 @@ cdef extern from "fanin.h" nogil:
                                  const int64_t *t_slots,
                                  int64_t n_in, int64_t n_out, int64_t c_in, int64_t c_out,
                                  int64_t B, int accumulate, int n_threads)
+    void sf_fanin_backward_input_relu(float *dz, const float *dy, const float *W, const float *x,
+                                      const int64_t *t_indptr, const int32_t *t_rows,
+                                      const int64_t *t_slots, int64_t n_in, int64_t n_out,
+                                      int64_t c_in, int64_t c_out, int64_t B, int n_threads)
     void sf_fanin_backward_params(float *dW, float *db, const float *dy, const float *x,
                                   const int64_t *indptr, const int32_t *indices,
                                   int64_t n_in, int64_t n_out, int64_t c_in, int64_t c_out,

@@ -11,6 +11,7 @@ import numpy as np
 from sparsefan._fanin cimport (
     sf_openmp_enabled, sf_openmp_max_threads, SF_PARALLEL_MIN_WORK, SF_CPU_N_VARIANTS, sf_cpu_variant, sf_cpu_variant_name,
     sf_cpu_variant_supported, sf_set_cpu_variant, sf_fanin_forward, sf_fanin_backward_input,
+    sf_fanin_backward_input_relu,
     sf_fanin_backward_params, sf_relu_backward, sf_transpose, sf_relu_backward_transpose,
     sf_chain_layer, sf_network_buffer_sizes,
     sf_network_forward, sf_certify_mean_logits, sf_pool_spin_us, sf_pool_backend,
@@ -120,7 +121,9 @@ def fanin_backward_input(float[::1] dx, const float[::1] dy, const float[::1] W,
                          const int64_t[::1] t_indptr, const int32_t[::1] t_rows,
                          const int64_t[::1] t_slots,
                          int64_t c_in, int64_t c_out, int64_t batch, int n_threads,
-                         bint accumulate=True):
+                         bint accumulate=True, const float[::1] relu_x=None):
+    """relu_x (the layer's input, output of a ReLU): dx = relu_x > 0 ? the gradient : 0,
+    overwriting (accumulate is ignored)."""
     cdef int64_t n_in = t_indptr.shape[0] - 1
     cdef int64_t n_out = dy.shape[0] // (c_out * batch) if batch > 0 else 0
     cdef const int32_t *rows = &t_rows[0] if t_rows.shape[0] > 0 else NULL
@@ -128,6 +131,11 @@ def fanin_backward_input(float[::1] dx, const float[::1] dy, const float[::1] W,
     cdef const float *w = &W[0] if W.shape[0] > 0 else NULL
     cdef const float *dyp = &dy[0] if dy.shape[0] > 0 else NULL
     if dx.shape[0] == 0:
+        return
+    if relu_x is not None:
+        with nogil:
+            sf_fanin_backward_input_relu(&dx[0], dyp, w, &relu_x[0], &t_indptr[0], rows, slots,
+                                         n_in, n_out, c_in, c_out, batch, n_threads)
         return
     with nogil:
         sf_fanin_backward_input(&dx[0], dyp, w, &t_indptr[0], rows, slots,

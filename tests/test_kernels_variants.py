@@ -223,3 +223,30 @@ def test_input_gradient_overwrite_and_accumulate(variant, batch, c_in, c_out, rn
                                       accumulate=accumulate)
         expect = want + (1.0 if accumulate else 0.0)
         assert rel_err(dx, expect) <= TOL
+
+
+# the input gradient carried through the ReLU that produced the layer's input, masked in the
+# kernel's registers (sf_fanin_backward_input_relu): every tile remainder, bit for bit the
+# kernel followed by the ReLU's own backward pass, and the reference within TOL
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("c_in,c_out", [(1, 1), (1, 3), (3, 1), (2, 4), (5, 3), (4, 9)],
+                         ids=lambda v: str(v))
+def test_input_gradient_through_relu(variant, batch, c_in, c_out, rng):
+    conn = make_connectivity("ragged", 13, 11, 4, seed=batch + c_in)
+    layer = _layer(conn, c_in, c_out, None)
+    x = np.maximum(rng.standard_normal((conn.n_in, c_in, batch)), 0).astype(np.float32)
+    x.reshape(-1)[::7] = np.nan  # a NaN input is not > 0: its gradient is 0, as in the ReLU's
+    dy = rng.standard_normal((conn.n_out, c_out, batch)).astype(np.float32)
+    t = conn.transpose()
+    args = (dy.reshape(-1), layer.weight.reshape(-1), t.indptr, t.rows, t.slots, c_in, c_out,
+            batch, 2)
+    fused = np.full(x.shape, 7.0, np.float32)  # overwritten, never accumulated into
+    _kernels.fanin_backward_input(fused.reshape(-1), *args, relu_x=x.reshape(-1))
+    two = np.empty_like(x)
+    _kernels.fanin_backward_input(two.reshape(-1), *args, accumulate=False)
+    _kernels.relu_backward(two.reshape(-1), two.reshape(-1), x.reshape(-1), 2)
+    np.testing.assert_array_equal(fused, two)
+    dx = ref.fanin_backward(np.nan_to_num(x).transpose(2, 0, 1), conn, layer.weight,
+                            layer.bias, dy.transpose(2, 0, 1), None)[0].transpose(1, 2, 0)
+    assert rel_err(fused, np.where(x > 0, dx, 0.0)) <= TOL
+    assert (fused[~(x > 0)] == 0).all()
