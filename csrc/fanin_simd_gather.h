@@ -19,6 +19,8 @@ SF_INLINE void SF_FN(gather_tile)(const sf_gather_args *a, int64_t u, int64_t h0
     const float *W = a->W + h0 * wsh;
     const int64_t *slots = a->slots;
     const int32_t *rows = a->rows;
+    const int relu = a->relu; /* read before the stores: vector stores may alias *a */
+    const float *mask = a->mask != NULL ? a->mask + ((u - a->out_unit0) * H + h0) * B + b0 : NULL;
     float *out = a->out + ((u - a->out_unit0) * H + h0) * B + b0;
     vf acc[SF_OC > 1 ? SF_OC : 1][SF_TMAX];
 
@@ -62,8 +64,7 @@ SF_INLINE void SF_FN(gather_tile)(const sf_gather_args *a, int64_t u, int64_t h0
             }
         }
     }
-    if (a->mask != NULL) { /* the ReLU backward, while the tile is in registers */
-        const float *mask = a->mask + (out - a->out);
+    if (mask != NULL) { /* the ReLU backward, while the tile is in registers */
         for (int o = 0; o < O; ++o)
             for (int t = 0; t < T; ++t) {
                 const float *m = mask + o * B + t * VL;
@@ -73,7 +74,7 @@ SF_INLINE void SF_FN(gather_tile)(const sf_gather_args *a, int64_t u, int64_t h0
     }
     for (int o = 0; o < O; ++o)
         for (int t = 0; t < T; ++t) {
-            const vf v = a->relu ? V_RELU(acc[o][t]) : acc[o][t];
+            const vf v = relu ? V_RELU(acc[o][t]) : acc[o][t];
             if (M && t == T - 1)
                 V_STOREN(out + o * B + t * VL, v, nlast);
             else
@@ -109,6 +110,23 @@ SF_INLINE void SF_FN(gather_tile)(const sf_gather_args *a, int64_t u, int64_t h0
     SF_DEFINE_GATHER(O, TF, TAG, 0, 1)                                                         \
     SF_DEFINE_GATHER(O, TF, TAG, 1, 0)                                                         \
     SF_DEFINE_GATHER(O, TF, TAG, 1, 1)
+
+/* H == 1: the full tiles of units [u0, u1), n_full of them per unit from batch column b0, in
+ * one call (a call per tile costs a fifth of a tile's time at fan-in 9). */
+#define SF_DEFINE_GATHER_UNITS(S, G1)                                                          \
+    SF_STATIC void SF_FN(gather_units_s##S##_g##G1)(const sf_gather_args *a, int64_t u0,        \
+                                                    int64_t u1, int64_t b0, int64_t n_full)    \
+    {                                                                                          \
+        const int64_t tile = (int64_t)SF_T1 * VL, h0 = 0;                                      \
+        const int nlast = VL;                                                                  \
+        for (int64_t u = u0; u < u1; ++u)                                                      \
+            for (int64_t f = 0; f < n_full; ++f)                                               \
+                SF_FN(gather_tile)(a, u, h0, b0 + f * tile, SF_T1, 1, 0, S, G1, nlast);        \
+    }
+SF_DEFINE_GATHER_UNITS(0, 0)
+SF_DEFINE_GATHER_UNITS(0, 1)
+SF_DEFINE_GATHER_UNITS(1, 0)
+SF_DEFINE_GATHER_UNITS(1, 1)
 
 /* "one": H == 1, tiles of SF_T1 vectors; "blk": H > 1, tiles of SF_TC vectors x O channels
  * (O = 1 there is the last block when H is not a multiple of SF_OC) */
@@ -326,6 +344,18 @@ SF_STATIC void SF_FN(gather)(const sf_gather_args *a, int64_t u0, int64_t u1, in
     const int64_t rest = (b1 - b0) - n_full * tile;
     const int nv = (int)((rest + VL - 1) / VL);
     const int nlast = (int)(rest - (int64_t)(nv - 1) * VL);
+    if (H == 1) {
+        static void (*const units[4])(const sf_gather_args *, int64_t, int64_t, int64_t,
+                                      int64_t) = {
+            SF_FN(gather_units_s0_g0), SF_FN(gather_units_s0_g1), SF_FN(gather_units_s1_g0),
+            SF_FN(gather_units_s1_g1)};
+        if (n_full > 0)
+            units[sg](a, u0, u1, b0, n_full);
+        if (rest > 0)
+            for (int64_t u = u0; u < u1; ++u)
+                table[0][sg](a, u, 0, b0 + n_full * tile, 1, nv, nlast);
+        return;
+    }
     for (int64_t u = u0; u < u1; ++u) {
         for (int64_t f = 0; f < n_full; ++f)
             for (int64_t h0 = 0; h0 < H; h0 += OB) {
