@@ -38,6 +38,8 @@
 #endif
 #define SF_STATIC static SF_ATTR
 
+/* batch vectors per 64-byte cache line: one software prefetch each */
+#define SF_PF_STEP (VL >= 16 ? 1 : 16 / VL)
 #ifndef SF_PREFETCH_AHEAD
 #define SF_PREFETCH_AHEAD 8
 #endif

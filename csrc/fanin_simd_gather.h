@@ -49,7 +49,7 @@ SF_INLINE void SF_FN(gather_tile)(const sf_gather_args *a, int64_t u, int64_t h0
             /* the rows a few connections ahead (across units) are random: fetch them early */
             const float *pr = in + (int64_t)rows[q + SF_PREFETCH_AHEAD] * row_stride;
             for (int64_t g = 0; g < G; ++g)
-                for (int t = 0; t < T; ++t)
+                for (int t = 0; t < T; t += SF_PF_STEP) /* one per cache line */
                     V_PREFETCH(pr + g * B + t * VL);
         }
         for (int64_t g = 0; g < G; ++g) {

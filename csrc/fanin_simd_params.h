@@ -27,8 +27,9 @@ SF_INLINE void SF_FN(params_tile)(float *dWj, const float *dy, const float *cons
             for (int o = 0; o < O; ++o)
                 acc[r][o] = V_FMA(xv, d[o], acc[r][o]);
         }
-        for (int r = 0; r < n_pf; ++r)
-            V_PREFETCH(pf[r] + b);
+        if ((b / VL) % SF_PF_STEP == 0) /* one prefetch per cache line */
+            for (int r = 0; r < n_pf; ++r)
+                V_PREFETCH(pf[r] + b);
     }
     if (b < B) {
         const int n = (int)(B - b);
