@@ -239,7 +239,9 @@ class FusedPlan:
         n_even, n_odd = c.buffer_sizes(batch, False)
         small = (n_even + n_odd + 32) * 4 <= SPARE_SCRATCH_BYTES
         if out is None and (small or batch_major):
-            out = np.empty(n_z, dtype=np.float32)
+            # on a cache line: threads writing neighbouring column blocks of a batch-major
+            # result then never share a line at a block's edge
+            out = empty_aligned(n_z)
         if batch == 0 or n_z == 0:
             return out if out is not None else np.empty(0, dtype=np.float32)
         if small:
