@@ -120,26 +120,30 @@ def _cross_entropy(logp, y):
     return loss, d
 
 
-def mean_logits_loss(Z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+def mean_logits_loss(Z: np.ndarray, y: np.ndarray,
+                     S: np.ndarray | None = None) -> tuple[float, np.ndarray]:
     """Cross-entropy of the mean-logits aggregate and its gradient, which is the same for every
-    unit: returns (loss, g) with g (C, B) float64 and dL/dZ[j] = g for every unit j."""
+    unit: returns (loss, g) with g (C, B) float64 and dL/dZ[j] = g for every unit j. ``S``:
+    ``mean_logits(Z)`` when the caller has it already."""
     M = np.shape(Z)[0]
-    loss, dS = _cross_entropy(log_softmax(mean_logits(Z), axis=0), y)
+    loss, dS = _cross_entropy(log_softmax(mean_logits(Z) if S is None else S, axis=0), y)
     return loss, dS / M
 
 
-def margin_loss(Z: np.ndarray, y: np.ndarray, offsets: np.ndarray,
-                scale: float = 1.0) -> tuple[float, np.ndarray, np.ndarray, float, int]:
+def margin_loss(Z: np.ndarray, y: np.ndarray, offsets: np.ndarray, scale: float = 1.0,
+                S: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray, float, int]:
     """Lipschitz-margin cross-entropy of mean logits: CE of scale * (S_c + offsets[y, c])
     (offsets[y, y] = 0).
 
     With offsets = eps * K (K the margins' Lipschitz bounds) a zero loss needs every margin to
     exceed eps * K[y, c]: the certificate at radius eps. Returns (loss, g, d_offsets, d_scale,
     certified) with dL/dZ[j] = g (C, B) for every unit, d_offsets (C, C) = dL/d offsets,
-    d_scale = dL/d scale, and the number of examples whose margins clear their offsets."""
+    d_scale = dL/d scale, and the number of examples whose margins clear their offsets. ``S``:
+    ``mean_logits(Z)`` when the caller has it already."""
     M, C, B = np.shape(Z)
     cols = np.arange(B)
-    S = mean_logits(Z)
+    if S is None:
+        S = mean_logits(Z)
     shifted = S + offsets[y].T  # offsets[y, y] = 0: the true logit is not raised
     raised = scale * shifted
     logp = log_softmax(raised, axis=0)

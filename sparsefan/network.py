@@ -348,15 +348,17 @@ class Network:
         loss_a = loss_u = 0.0
         dZ = None  # float64, scaled and summed in place: one Z-sized float64 array at a time
         d_off = d_scale = certified = g = None
+        # the mean logits once, for the loss and the count of correct predictions
+        S = agg.mean_logits(Z) if self.aggregate == "mean_logits" else None
         if offsets is not None:
             if self.aggregate != "mean_logits" or unit_weight or not aggregate_weight:
                 raise ValueError("margin offsets need a mean_logits network and the aggregate "
                                  "loss alone")
-            loss_a, g, d_off, d_scale, certified = agg.margin_loss(Z, y, offsets, scale)
+            loss_a, g, d_off, d_scale, certified = agg.margin_loss(Z, y, offsets, scale, S=S)
             d_off *= aggregate_weight
             d_scale *= aggregate_weight
         elif aggregate_weight and not unit_weight and self.aggregate == "mean_logits":
-            loss_a, g = agg.mean_logits_loss(Z, y)
+            loss_a, g = agg.mean_logits_loss(Z, y, S=S)
         if g is not None:
             # every unit gets the same gradient: cast it once and broadcast it into float32
             g *= aggregate_weight
@@ -371,7 +373,8 @@ class Network:
             d *= unit_weight
             dZ = d if dZ is None else np.add(dZ, d, out=dZ)
         truth = y.argmax(axis=1) if agg.is_soft(y) else y
-        correct = int((agg.scores(Z, self.aggregate).argmax(axis=1) == truth).sum())
+        scores = S.T if S is not None else agg.scores(Z, self.aggregate)
+        correct = int((scores.argmax(axis=1) == truth).sum())
         if grads is None:
             grads = [(np.zeros(l.weight_shape, np.float32), np.zeros(l.bias_shape, np.float32))
                      for l in self.layers]
