@@ -5,7 +5,7 @@
 
 The architectures of experiments/mnist_results.py with random weights (the time does not
 depend on them), at the trainer's default batch of 128. Prints the median time of
-``Network.loss_and_grad``, of its forward pass (``forward_fm``) and of its backward pass alone
+``Network.loss_and_grad`` (with a ``Workspace``, as the trainer runs it), of its forward pass (``forward_fm``) and of its backward pass alone
 (every layer's gradients from a given dy, on the activations the forward kept, dy copied in
 each call as the step does), and their ratio, so that a change to the kernels or to the glue
 around them can be measured in one command. The
@@ -48,8 +48,9 @@ def main():
         net = build()
         grads = [(np.zeros(l.weight_shape, np.float32), np.zeros(l.bias_shape, np.float32))
                  for l in net.layers]
-        step = median_time(lambda: net.loss_and_grad(x, y, grads=grads, n_threads=args.threads),
-                           args.repeats)
+        ws = sf.Workspace()  # as the trainer does: the step's buffers reused
+        step = median_time(lambda: net.loss_and_grad(x, y, grads=grads, n_threads=args.threads,
+                                                     workspace=ws), args.repeats)
         xt = sf.to_feature_major(x)
         fwd = median_time(lambda: net.forward_fm(xt, args.threads, keep=True), args.repeats)
         acts = _engine.forward_chain(net._chain(), xt, args.threads, keep=True)

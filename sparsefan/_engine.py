@@ -48,13 +48,43 @@ def empty_aligned(shape, zero=False):
     return out
 
 
+class Workspace:
+    """Activation-sized buffers kept from one training step to the next, by role: a new large
+    array costs the operating system a page fault and a page of zeros per 4 KB on its first
+    write (about an eighth of a step of the direct MNIST network, measured). One per training
+    loop: two calls running at once must not share one."""
+
+    def __init__(self):
+        self._buffers = {}
+
+    def get(self, role, shape, zero=False):
+        """An aligned float32 array of ``shape`` for ``role``: the same memory as the last
+        call with this role and shape (contents left from then, unless ``zero``)."""
+        shape = tuple(int(s) for s in shape)
+        buf = self._buffers.get(role)
+        if buf is None or buf.shape != shape:
+            self._buffers[role] = buf = empty_aligned(shape, zero=zero)
+        elif zero:
+            buf.fill(0.0)
+        return buf
+
+    @property
+    def nbytes(self):
+        return sum(b.nbytes for b in self._buffers.values())
+
+
+def _buffer(ws, role, shape, zero=False):
+    return empty_aligned(shape, zero=zero) if ws is None else ws.get(role, shape, zero=zero)
+
+
 # -- layout --------------------------------------------------------------------------------------
 
-def to_feature_major(x, n):
-    """(batch, units[, channels]) -> (units, channels, batch), a new aligned array."""
+def to_feature_major(x, n, ws=None):
+    """(batch, units[, channels]) -> (units, channels, batch), a new aligned array (or the
+    workspace's)."""
     batch = x.shape[0]
     feats = x.shape[1:] if x.ndim == 3 else (x.shape[1], 1)
-    out = empty_aligned(feats + (batch,))
+    out = _buffer(ws, "input", feats + (batch,))
     _kernels.transpose(out.reshape(-1), x.reshape(-1), batch, math.prod(feats), n)
     return out
 
@@ -113,14 +143,15 @@ def forward(layer, xt, n, out=None):
 
 def backward(layer, xt, dyt, yt, n, grad_input=None, grad_weight=None, grad_bias=None,
              need_input_grad=True, need_param_grad=True, overwrite_dyt=False, dz=False,
-             relu_input=False):
+             relu_input=False, ws=None, role=None):
     """(input gradient or None, weight gradient or None, bias gradient or None). Gradients
     accumulate into the buffers given (zeros are allocated for those not given); a buffer of
     ours is written, not accumulated into. ``overwrite_dyt``: a ReLU layer masks dyt in place.
     ``dz``: dyt is already the gradient before the activation (yt is not read).
     ``relu_input``: xt is the output of a ReLU and the input gradient (a buffer of ours) is
     returned through it, xt > 0 ? gradient : 0 -- masked in the kernel's registers, before its
-    store, which saves the ReLU's own pass over it."""
+    store, which saves the ReLU's own pass over it. ``ws``: a Workspace for the input gradient
+    (under ``role``) when it is ours."""
     conn = layer.connectivity
     batch = xt.shape[2]
     activation = None if dz else layer.activation
@@ -143,9 +174,9 @@ def backward(layer, xt, dyt, yt, n, grad_input=None, grad_weight=None, grad_bias
     # the GEMM path adds into the rows its unit reads, so it needs zeros; the kernel can write
     fresh_input = need_input_grad and grad_input is None and not blas
     if fresh_input:
-        grad_input = empty_aligned(xt.shape)
+        grad_input = _buffer(ws, role, xt.shape)
     elif need_input_grad and grad_input is None:
-        grad_input = empty_aligned(xt.shape, zero=True)
+        grad_input = _buffer(ws, role, xt.shape, zero=True)
     elif not need_input_grad:
         grad_input = None
     if blas:
@@ -352,31 +383,35 @@ def backward_public(layer, x, dy, y, n, need_input_grad):
 
 # -- a chain of layers -------------------------------------------------------------------------
 
-def forward_chain(layers, xt, n, keep=False):
+def forward_chain(layers, xt, n, keep=False, ws=None):
     """Every layer in turn on xt: the last output, or with ``keep`` every layer's input and the
-    last output."""
+    last output. ``ws``: the outputs go to a Workspace's buffers."""
     acts = [xt]
-    for layer in layers:
-        acts.append(forward(layer, acts[-1], n))
+    for i, layer in enumerate(layers):
+        out = None if ws is None else ws.get(("output", i), (layer.connectivity.n_out,
+                                                              layer.c_out, xt.shape[2]))
+        acts.append(forward(layer, acts[-1], n, out=out))
         if not keep:
             acts = acts[-1:]
     return acts if keep else acts[-1]
 
 
-def backward_chain(layers, acts, dy, n, grads=None):
+def backward_chain(layers, acts, dy, n, grads=None, ws=None):
     """Back through every layer from dy (ours: masked in place). ``grads`` [(weight, bias)]
-    accumulate the parameter gradients; None: the input gradient alone. Returns it. A gradient
-    that enters a ReLU layer from the layer above it is masked by that layer's kernel."""
+    accumulate the parameter gradients; None: the input gradient alone. Returns it (a
+    Workspace's buffer with ``ws``). A gradient that enters a ReLU layer from the layer above
+    it is masked by that layer's kernel."""
     dz = False  # dy is already through layer i's activation
     for i in range(len(layers) - 1, -1, -1):
         through = i > 0 and layers[i - 1].activation == "relu"
         if grads is None:
             dy = backward(layers[i], acts[i], dy, acts[i + 1], n, need_param_grad=False,
-                          overwrite_dyt=True, dz=dz, relu_input=through)[0]
+                          overwrite_dyt=True, dz=dz, relu_input=through, ws=ws,
+                          role=("grad", i))[0]
         else:
             dy = backward(layers[i], acts[i], dy, acts[i + 1], n, grad_weight=grads[i][0],
                           grad_bias=grads[i][1], need_input_grad=i > 0, overwrite_dyt=True,
-                          dz=dz, relu_input=through)[0]
+                          dz=dz, relu_input=through, ws=ws, role=("grad", i))[0]
         dz = through
     return dy
 

@@ -23,6 +23,7 @@ from sparsefan._threads import resolve_n_threads
 from sparsefan._validation import check_array, check_chain, check_int, check_writable
 from sparsefan.connectivity import Connectivity
 from sparsefan.layers import FanIn
+from sparsefan._engine import Workspace
 
 _T = TypeVar("_T")
 _V = TypeVar("_V")
@@ -326,7 +327,8 @@ class Network:
     def loss_and_grad(self, x: np.ndarray, y: npt.ArrayLike, aggregate_weight: float = 1.0,
                       unit_weight: float = 0.0, n_threads: int | None = None,
                       grads: list[tuple[np.ndarray, np.ndarray]] | None = None,
-                      offsets: np.ndarray | None = None, scale: float = 1.0) -> StepResult:
+                      offsets: np.ndarray | None = None, scale: float = 1.0,
+                      workspace: Workspace | None = None) -> StepResult:
         """Loss = aggregate_weight * CE(aggregate) + unit_weight * mean per-unit CE, and the
         gradient of every layer's weight and bias (accumulated into ``grads`` if given).
 
@@ -335,7 +337,9 @@ class Network:
         example counts as correct when the prediction is its most likely class). ``offsets`` (C, C),
         mean_logits only: the aggregate loss becomes the Lipschitz-margin cross-entropy
         (:func:`sparsefan.aggregate.margin_loss`, logits times ``scale``); the result carries
-        dLoss/d offsets and dLoss/d scale.
+        dLoss/d offsets and dLoss/d scale. ``workspace`` (a :class:`Workspace`, one per training
+        loop): the activations and gradients of this step live in its buffers, reused by the
+        next step of the same batch size instead of allocated again; the results are the same.
         """
         x = self.check_inputs(x, check_finite=False)
         y = self.check_targets(y, x.shape[0])
@@ -343,7 +347,12 @@ class Network:
             raise ValueError("certified training (margin offsets) needs int labels, not soft "
                              "targets")
         n = resolve_n_threads(n_threads)
-        acts = _engine.forward_chain(self._chain(), _engine.to_feature_major(x, n), n, keep=True)
+        if workspace is not None and not isinstance(workspace, Workspace):
+            raise TypeError(f"workspace must be a sparsefan.Workspace or None, got "
+                            f"{type(workspace).__name__}")
+        ws = workspace
+        acts = _engine.forward_chain(self._chain(), _engine.to_feature_major(x, n, ws), n,
+                                     keep=True, ws=ws)
         Z = acts[-1]
         loss_a = loss_u = 0.0
         dZ = None  # float64, scaled and summed in place: one Z-sized float64 array at a time
@@ -362,7 +371,7 @@ class Network:
         if g is not None:
             # every unit gets the same gradient: cast it once and broadcast it into float32
             g *= aggregate_weight
-            dy = np.empty(Z.shape, np.float32)
+            dy = _engine._buffer(ws, "loss", Z.shape)
             dy[...] = g.astype(np.float32)
         elif aggregate_weight:
             loss_a, d = agg.aggregate_loss(Z, y, self.aggregate)
@@ -388,13 +397,17 @@ class Network:
                 check_writable(check_array(gb, f"grads[{i}][1]", np.float32,
                                            shape=l.bias_shape), f"grads[{i}][1]")
         if dZ is not None:
-            dy = dZ.astype(np.float32)
+            if ws is None:
+                dy = dZ.astype(np.float32)
+            else:
+                dy = ws.get("loss", Z.shape)
+                dy[...] = dZ
         elif not aggregate_weight:
-            dy = np.zeros(Z.shape, np.float32)
+            dy = _engine._buffer(ws, "loss", Z.shape, zero=True)
         dZ = d = None  # the float64 gradients are not needed by the backward pass
         # dy is ours (the cast above, then each layer's fresh input gradient): a ReLU layer may
         # mask it in place
-        _engine.backward_chain(self._chain(), acts, dy, n, grads)
+        _engine.backward_chain(self._chain(), acts, dy, n, grads, ws=ws)
         loss = aggregate_weight * loss_a + unit_weight * loss_u
         return StepResult(float(loss), float(loss_a), float(loss_u), correct, grads, d_off,
                           d_scale, certified)

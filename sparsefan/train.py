@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sparsefan import aggregate as agg
-from sparsefan.network import Network, StepResult
+from sparsefan.network import Network, StepResult, Workspace
 
 if TYPE_CHECKING:
     from sparsefan.certify import L0Bound
@@ -186,11 +186,13 @@ def train_epsilon(config: TrainConfig, step: int, steps_per_epoch: int) -> float
 
 def certified_step(network: Network, bound: MarginBound | L0Bound, x: np.ndarray,
                    y: npt.ArrayLike, eps: float, config: TrainConfig,
-                   grads: list[tuple[np.ndarray, np.ndarray]], warm: bool = False) -> StepResult:
+                   grads: list[tuple[np.ndarray, np.ndarray]], warm: bool = False,
+                   workspace: Workspace | None = None) -> StepResult:
     """One step of certified training: the margin loss with offsets eps * K, K the bound
     ``bound`` (a :class:`sparsefan.lipschitz.MarginBound` for L2, eps the radius, or a
     :class:`sparsefan.certify.L0Bound`, eps the ramp), its gradient through the logits (the C
-    backward pass) and through the bound accumulated into ``grads``."""
+    backward pass) and through the bound accumulated into ``grads``. ``workspace``: as in
+    :meth:`Network.loss_and_grad`."""
     K = bound.value(warm=warm)
     scale, kappa = 1.0, None
     if config.logit_temperature:  # logits in units of the mean bound
@@ -198,7 +200,7 @@ def certified_step(network: Network, bound: MarginBound | L0Bound, x: np.ndarray
         scale = config.logit_temperature / kappa
     aw, _ = config.loss_weights(network.aggregate)
     r = network.loss_and_grad(x, y, aw, 0.0, config.n_threads, grads, offsets=eps * K,
-                              scale=scale)
+                              scale=scale, workspace=workspace)
     dK = eps * cast(np.ndarray, r.d_offsets)  # set: offsets were given
     if kappa is not None:  # through scale = t / mean(K)
         off = ~np.eye(len(K), dtype=bool)
@@ -478,6 +480,7 @@ def train(network: Network, x: Any, y: npt.ArrayLike | None = None,
     t0 = time.perf_counter()
     grads = [(np.zeros(l.weight_shape, np.float32), np.zeros(l.bias_shape, np.float32))
              for l in network.layers]
+    workspace = Workspace()  # the step's activations and gradients, reused step after step
     stopped = False
     try:
         for epoch in range(start_epoch, config.epochs):
@@ -490,11 +493,12 @@ def train(network: Network, x: Any, y: npt.ArrayLike | None = None,
                     gw.fill(0)
                     gb.fill(0)
                 if bound is None:
-                    r = network.loss_and_grad(xb, yb, aw, uw, config.n_threads, grads)
+                    r = network.loss_and_grad(xb, yb, aw, uw, config.n_threads, grads,
+                                              workspace=workspace)
                 else:
                     eps = train_epsilon(config, opt.t, steps_per_epoch)
                     r = certified_step(network, bound, xb, yb, eps, config, grads,
-                                       warm=opt.t == 0)
+                                       warm=opt.t == 0, workspace=workspace)
                     certified += cast(int, r.certified)  # set by certified_step
                 if not math.isfinite(r.loss):
                     raise TrainingError(

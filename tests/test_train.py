@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from sparsefan import builders, datasets
+from sparsefan import Workspace, builders, datasets
 from sparsefan.train import TrainConfig, TrainingError, as_float_inputs, evaluate, train
 
 
@@ -147,3 +147,25 @@ def test_bad_training_data(digits):
     with pytest.raises(ValueError, match="vote aggregate is not differentiable"):
         train(builders.partition_ensemble(), x[:10], y[:10], TrainConfig(aggregate_loss=1.0),
               progress=False, log=quiet)
+
+
+def test_workspace_gives_the_same_step(rng):
+    # the buffers of one step reused by the next: bit-identical results, for a ReLU chain and a
+    # GEMM (dense) layer, through a change of batch size and back
+    for net in (builders.hierarchy((8, 8), 3, levels=2, channels=(2, 3), fan_in=4, seed=0),
+                builders.dense_mlp((8, 8), 3, hidden=(6,), seed=0)):
+        ws = Workspace()
+        for batch in (5, 5, 3, 5):
+            x = rng.random((batch, 64), dtype=np.float32)
+            y = rng.integers(0, 3, batch)
+            for unit_weight in (0.0, 0.5):  # the shared mean-logits gradient, a per-unit one
+                plain = net.loss_and_grad(x, y, unit_weight=unit_weight, n_threads=2)
+                kept = net.loss_and_grad(x, y, unit_weight=unit_weight, n_threads=2,
+                                         workspace=ws)
+                assert kept.loss == plain.loss and kept.correct == plain.correct
+                for (gw, gb), (hw, hb) in zip(plain.grads, kept.grads):
+                    np.testing.assert_array_equal(gw, hw)
+                    np.testing.assert_array_equal(gb, hb)
+        assert ws.nbytes > 0
+    with pytest.raises(TypeError, match="workspace"):
+        net.loss_and_grad(x, y, workspace={})
