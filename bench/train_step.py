@@ -55,8 +55,10 @@ def main():
         fwd = median_time(lambda: net.forward_fm(xt, args.threads, keep=True), args.repeats)
         acts = _engine.forward_chain(net._chain(), xt, args.threads, keep=True)
         dy = rng.standard_normal(acts[-1].shape).astype(np.float32)
+        bws = sf.Workspace()
         bwd = median_time(lambda: _engine.backward_chain(net._chain(), acts, dy.copy(),
-                                                          args.threads, grads), args.repeats)
+                                                          args.threads, grads, ws=bws),
+                          args.repeats)
         flops = 3 * net.flops(args.batch)  # forward + input and weight gradients
         cfg = TrainConfig(l2_epsilon=1.58, n_threads=args.threads)
         bound = MarginBound(net)
