@@ -51,8 +51,8 @@ def empty_aligned(shape, zero=False):
 class Workspace:
     """Activation-sized buffers kept from one training step to the next, by role: a new large
     array costs the operating system a page fault and a page of zeros per 4 KB on its first
-    write (about an eighth of a step of the direct MNIST network, measured). One per training
-    loop: two calls running at once must not share one."""
+    write (the direct MNIST network at batch 128: 1,700 faults and 11-18 ms of system time per
+    step, measured). One per training loop: two calls running at once must not share one."""
 
     def __init__(self):
         self._buffers = {}
