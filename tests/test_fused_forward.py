@@ -90,3 +90,24 @@ def test_plan_rejects_wrong_sizes(rng):
         plan.forward(x.reshape(-1), 3, 1)
     with pytest.raises(ValueError, match="out must hold"):
         plan.forward(x.reshape(-1), 2, 1, np.empty(7, np.float32))
+
+
+@pytest.mark.parametrize("n_out,c_out", [(50, 2), (1000, 10), (333, 3), (7, 16), (1100, 4)])
+def test_batch_major_exit_blocks(n_out, c_out, rng):
+    # the exit's unit blocks are moved to whole cache lines (16 / gcd(16, c_out) units) and the
+    # blocks emptied by that dropped; results stay those of the layer-by-layer path
+    net = _chain((40, n_out), (2, c_out))
+    x = rng.random((64, 36), dtype=np.float32)
+    want = _layer_by_layer(net, x)
+    for n in (1, 2, 3):
+        assert np.array_equal(net.unit_logits(x, n), want)
+
+
+@pytest.mark.parametrize("n_out", [50, 1568])
+def test_public_forward_exit_blocks(n_out, rng):
+    # a single channel: blocks of 16 units, the FanIn.forward path
+    f = FanIn(sf.Connectivity.random(36, n_out, 5, seed=3), activation="relu", seed=0)
+    x = rng.random((64, 36), dtype=np.float32)
+    want = sf.from_feature_major(f.forward_fm(sf.to_feature_major(x))).reshape(64, n_out)
+    for n in (1, 2, 3):
+        assert np.array_equal(f.forward(x, n), want)

@@ -178,3 +178,14 @@ def test_adam_step_needs_two_temporaries():
     peak, _ = traced_peak(lambda: opt.step(grads, 1e-3))
     largest = max(l.weight.nbytes for l in net.layers)
     assert peak <= 2 * largest + SLACK
+
+
+@pytest.mark.parametrize("shape", [0, 1, 7, 1001, (3, 5), (2, 0, 4)])
+def test_empty_aligned_starts_on_a_cache_line(shape):
+    from sparsefan._engine import ALIGNMENT, empty_aligned
+    for _ in range(8):  # several allocations, so that several start offsets are seen
+        a = empty_aligned(shape)
+        assert a.size == 0 or a.ctypes.data % ALIGNMENT == 0  # (no data, no address)
+        assert a.dtype == np.float32
+        assert a.shape == ((shape,) if isinstance(shape, int) else shape)
+        assert a.flags.c_contiguous
