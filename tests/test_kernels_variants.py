@@ -94,8 +94,9 @@ def test_weight_gradient_row_blocks(variant, k, rng):
 # weight gradients with many output channels take outer products over transposed chunks of 64
 # batch columns, in blocks of two vectors of channels and tiles of 4 (2 vectors) or 8 (1 vector)
 # rows: channel counts around every vector width, batches around the chunk, rows (k * c_in)
-# around the tiles
-@pytest.mark.parametrize("c_out", [8, 9, 16, 17, 32, 33, 47])
+# around the tiles; up to half a vector of channels past the last full one (10, 12 on AVX2;
+# 17, 20 on AVX-512) goes to dot products instead
+@pytest.mark.parametrize("c_out", [8, 9, 10, 12, 13, 16, 17, 20, 32, 33, 47])
 @pytest.mark.parametrize("batch", [16, 65, 130])
 def test_weight_gradient_outer_products(variant, c_out, batch, rng):
     for k, c_in in ((1, 1), (9, 1), (3, 3), (2, 5)):
