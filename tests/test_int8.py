@@ -99,6 +99,15 @@ def test_index_widths(variant, n_in, rng):
     check_all_layouts(q, rng.random((2, n_in), dtype=np.float32))
 
 
+@pytest.mark.parametrize("n_units", [65536, 65537])
+def test_index_widths_of_a_channel_layer(variant, n_units, rng):
+    # a second layer of 4 channels per connection, through either index width
+    net = two_layer(20, n_units, 3, 4, 2, "relu", seed=n_units)
+    q = sf.quantize(net, rng.random((3, 20), dtype=np.float32))
+    x = rng.random((2, 20), dtype=np.float32)
+    assert np.array_equal(q.unit_logits(x, n_threads=1), reference.int8_network_unit_logits(x, q))
+
+
 def test_ragged_and_empty_rows(variant, rng):
     net = two_layer(25, 14, 6, 10, 2, "relu", seed=4, ragged=True)
     assert (net.layers[0].connectivity.fan_in() == 0).any()
