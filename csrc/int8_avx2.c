@@ -257,7 +257,8 @@ static SF_ATTR void unit_wide(const sf_i8_layer *L, const sf_i8_io *io, int64_t 
 {
     const int c1 = L->c_in == 1;
     const int64_t p0 = L->indptr[j], n = L->indptr[j + 1] - p0;
-    const int64_t R4 = c1 ? (n + 3) & ~(int64_t)3 : gather(L, j, io->x + e * io->x_stride, io->xg, 4);
+    const int64_t R4 = c1 ? (n + 3) & ~(int64_t)3
+                          : gather(L, j, io->x + e * io->x_stride, io->xg, 4);
     const int64_t G = R4 / 4, co = L->c_out, NB = (co + 7) / 8;
     const int8_t *wj = L->w + L->wofs[j];
     const int8_t *xg = io->xg;
@@ -334,8 +335,11 @@ SF_INLINE int64_t gather_one_row(const sf_i8_layer *L, int64_t j, const int8_t *
                                     -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
                                     -1, -1}; /* then 32 zeros */
     const int64_t ci = L->c_in, p = L->indptr[j];
-    const int64_t at = (L->indices16 != NULL ? (int64_t)L->indices16[p] : (int64_t)L->indices[p]) * ci;
-    if (L->indptr[j + 1] - p != 1 || ci > 32 || at + 32 > L->n_in * ci)
+    if (L->indptr[j + 1] - p != 1 || ci > 32) /* (an empty row has no index to read) */
+        return 0;
+    const int64_t at = (L->indices16 != NULL ? (int64_t)L->indices16[p] : (int64_t)L->indices[p])
+                       * ci;
+    if (at + 32 > L->n_in * ci)
         return 0;
     const __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(x + at));
     const __m256i m = _mm256_loadu_si256((const __m256i *)(const void *)(keep + 32 - ci));
