@@ -181,6 +181,20 @@ SF_INLINE int64_t gather(const sf_i8_layer *L, int64_t j, const int8_t *x, int8_
     return L->indices16 != NULL ? gather_t(L, j, x, xg, pad, 1) : gather_t(L, j, x, xg, pad, 0);
 }
 
+/* acc[b] += the products of one group of 4 activations (xb, broadcast) with its NB blocks of
+ * packed weights at w */
+SF_INLINE void wide_group(__m256i acc[4], __m256i xb, const int8_t *w, const int NB,
+                          const int SIGNED)
+{
+    _mm_prefetch((const char *)(w + SF_I8_PREFETCH), _MM_HINT_T0);
+    if (NB > 2)
+        _mm_prefetch((const char *)(w + SF_I8_PREFETCH + 64), _MM_HINT_T0);
+    for (int b = 0; b < NB; ++b) {
+        const __m256i wv = _mm256_loadu_si256((const __m256i *)(const void *)(w + b * 32));
+        acc[b] = _mm256_add_epi32(acc[b], SIGNED ? dot4_s(xb, wv) : dot4_u(xb, wv));
+    }
+}
+
 /* SF_I8_WIDE, one tile of NB blocks (8 output channels each) over G groups of 4 terms */
 SF_INLINE void wide_tile(const int8_t *wt, const int8_t *xg, int64_t G, const int NB,
                          const int SIGNED, __m256i acc[4])
@@ -191,14 +205,7 @@ SF_INLINE void wide_tile(const int8_t *wt, const int8_t *xg, int64_t G, const in
         int32_t x4;
         memcpy(&x4, xg + 4 * t, 4);
         const __m256i xb = _mm256_set1_epi32(x4);
-        const int8_t *w = wt + t * NB * 32;
-        _mm_prefetch((const char *)(w + SF_I8_PREFETCH), _MM_HINT_T0);
-        if (NB > 2)
-            _mm_prefetch((const char *)(w + SF_I8_PREFETCH + 64), _MM_HINT_T0);
-        for (int b = 0; b < NB; ++b) {
-            const __m256i wv = _mm256_loadu_si256((const __m256i *)(const void *)(w + b * 32));
-            acc[b] = _mm256_add_epi32(acc[b], SIGNED ? dot4_s(xb, wv) : dot4_u(xb, wv));
-        }
+        wide_group(acc, xb, wt + t * NB * 32, NB, SIGNED);
     }
 }
 
@@ -226,14 +233,7 @@ SF_INLINE void wide_tile_c1(const int8_t *wt, const uint8_t *u, const int32_t *i
                 x4 |= (uint32_t)u[IDX(q)] << (8 * (q - p));
         }
         const __m256i xb = _mm256_set1_epi32((int32_t)x4);
-        const int8_t *w = wt + t * NB * 32;
-        _mm_prefetch((const char *)(w + SF_I8_PREFETCH), _MM_HINT_T0);
-        if (NB > 2)
-            _mm_prefetch((const char *)(w + SF_I8_PREFETCH + 64), _MM_HINT_T0);
-        for (int b = 0; b < NB; ++b) {
-            const __m256i wv = _mm256_loadu_si256((const __m256i *)(const void *)(w + b * 32));
-            acc[b] = _mm256_add_epi32(acc[b], SIGNED ? dot4_s(xb, wv) : dot4_u(xb, wv));
-        }
+        wide_group(acc, xb, wt + t * NB * 32, NB, SIGNED);
     }
 #undef IDX
 }

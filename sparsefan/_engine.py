@@ -38,17 +38,12 @@ def openmp_max_threads():
 
 def empty_aligned(shape, zero=False):
     """A C-contiguous float32 array of ``shape`` starting on a 64-byte boundary."""
-    if isinstance(shape, (int, np.integer)):
-        n = int(shape)
-        buf = np.empty(n + ALIGNMENT // 4, np.float32)
-        start = _kernels.float_offset_to(buf, ALIGNMENT)
-        out = buf[start:start + n]
-    else:
-        shape = tuple(map(int, shape))
-        n = math.prod(shape)
-        buf = np.empty(n + ALIGNMENT // 4, np.float32)
-        start = _kernels.float_offset_to(buf, ALIGNMENT)
-        out = buf[start:start + n].reshape(shape)
+    flat = isinstance(shape, (int, np.integer))  # (no reshape: the common case, kept lean)
+    shape = int(shape) if flat else tuple(map(int, shape))
+    n = shape if flat else math.prod(shape)
+    buf = np.empty(n + ALIGNMENT // 4, np.float32)
+    start = _kernels.float_offset_to(buf, ALIGNMENT)
+    out = buf[start:start + n] if flat else buf[start:start + n].reshape(shape)
     if zero:
         out.fill(0.0)
     return out
